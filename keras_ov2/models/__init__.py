@@ -1,0 +1,11 @@
+"""OpenVision models: the encoder backbone, and the tasks built on it."""
+
+from keras_ov2.models import presets
+from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2_captioner_preprocessor import (
+    OpenVision2CaptionerPreprocessor,
+)
+from keras_ov2.models.openvision2_image_converter import OpenVision2ImageConverter
+from keras_ov2.models.openvision2_tokenizer import OpenVision2Tokenizer
+
+presets.register(OpenVision2Backbone)

@@ -1,0 +1,155 @@
+"""The OpenVision vision encoder (the same ViT for OpenVision v1 and 2)."""
+
+import keras
+import keras_hub
+from keras import ops
+
+from keras_ov2.layers import ClassToken
+from keras_ov2.layers import PatchEmbedding
+from keras_ov2.layers import SinCos2DPositionEmbedding
+from keras_ov2.layers import TransformerBlock
+from keras_ov2.models import presets
+
+
+@keras.saving.register_keras_serializable(package="keras_ov2")
+class OpenVision2Backbone(keras_hub.models.Backbone):
+    """ViT encoder: patch conv (no bias) + CLS + fixed 2-D sin-cos positions,
+    pre-norm blocks (exact GELU, LayerNorm eps 1e-6), no final token norm.
+
+    Outputs a dict:
+    - `"sequence_output"` (B, N, D): the patch tokens after the last block,
+      CLS dropped, no final norm: what LLaVA-style models and the OpenVision 2
+      caption decoder consume.
+    - `"pooled_output"` (B, D): LayerNorm ("encoder_norm") of the mean patch
+      token.
+    - `"projected_output"` (B, projection_dim), only with `projection_dim`:
+      the bias-free OpenVision v1 head applied to `pooled_output`.
+
+    The position table is recomputed for each input's grid, so one set of
+    weights runs at any image size: `image_shape=(None, None, 3)` (default)
+    takes any size. Images are floats already normalised with the ImageNet
+    mean/std (see `OpenVision2ImageConverter`). As in the authors' VALID
+    convolution, an image whose side is not a multiple of `patch_size` loses
+    its last `side % patch_size` pixels.
+
+    Args:
+        patch_size: int, side of the square patches.
+        hidden_dim: int, token width D.
+        num_layers: int, number of transformer blocks.
+        num_heads: int, attention heads per block.
+        intermediate_dim: int, MLP width.
+        projection_dim: int or None, width of the OpenVision v1 head.
+        layer_norm_epsilon: float.
+        image_shape: (height, width, 3); `None` sides accept any size.
+    """
+
+    def __init__(
+        self,
+        patch_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        projection_dim=None,
+        layer_norm_epsilon=1e-6,
+        image_shape=(None, None, 3),
+        dtype=None,
+        **kwargs,
+    ):
+        # === Layers ===
+        self.patch_embedding = PatchEmbedding(
+            hidden_dim, patch_size, dtype=dtype, name="patch_embedding"
+        )
+        self.position_embedding = SinCos2DPositionEmbedding(
+            dtype=dtype, name="position_embedding"
+        )
+        self.class_token = ClassToken(dtype=dtype, name="class_token")
+        self.transformer_layers = [
+            TransformerBlock(
+                num_heads,
+                intermediate_dim,
+                activation="gelu",
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=dtype,
+                name=f"transformer_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.encoder_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="encoder_norm"
+        )
+        self.head = None
+        if projection_dim is not None:
+            self.head = keras.layers.Dense(
+                projection_dim,
+                use_bias=False,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                dtype=dtype,
+                name="head",
+            )
+
+        # === Functional Model ===
+        images = keras.Input(shape=image_shape, name="images")
+        grid = self.position_embedding(self.patch_embedding(images))
+        x = self.class_token(grid)
+        for block in self.transformer_layers:
+            x = block(x)
+        sequence_output = x[:, 1:, :]
+        pooled_output = self.encoder_norm(ops.mean(sequence_output, axis=1))
+        outputs = {
+            "sequence_output": sequence_output,
+            "pooled_output": pooled_output,
+        }
+        if self.head is not None:
+            outputs["projected_output"] = self.head(pooled_output)
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
+        # `call` checks images itself, with errors that say what was expected.
+        self.input_spec = None
+
+        # === Config ===
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.projection_dim = projection_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.image_shape = tuple(image_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        # The functional graph would silently cast uint8 pixels to float:
+        # catch raw images here, before that cast.
+        for images in keras.tree.flatten(inputs):
+            self.patch_embedding.check_image_shape(tuple(images.shape))
+            dtype = keras.backend.standardize_dtype(images.dtype)
+            if not keras.backend.is_float_dtype(dtype):
+                raise TypeError(
+                    "OpenVision2Backbone expects float images normalised "
+                    f"with the ImageNet mean/std; got dtype {dtype}. Pass "
+                    "raw images through OpenVision2ImageConverter first."
+                )
+        return super().call(inputs, training=training, mask=mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            patch_size=self.patch_size,
+            hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            projection_dim=self.projection_dim,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            image_shape=self.image_shape,
+        )
+        return config
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a preset by name (see `keras_ov2.list_presets()`), by folder
+        path, or by hub handle. A released preset ships its architecture;
+        its weights come from converting the released checkpoint, and until
+        then `load_weights=True` raises an error that says how.
+        """
+        preset = presets.resolve(preset, load_weights)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)

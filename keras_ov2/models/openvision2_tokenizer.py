@@ -1,0 +1,50 @@
+"""The OpenVision caption tokenizer: BERT uncased WordPiece with [bos]/[eos]."""
+
+from pathlib import Path
+
+import keras
+import keras_hub
+
+from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+
+VOCABULARY_PATH = Path(__file__).resolve().parent.parent / "assets" / "vocabulary.txt"
+
+
+def load_vocabulary(path=VOCABULARY_PATH):
+    """Reads a one-token-per-line vocabulary file into a list."""
+    with open(path, encoding="utf-8") as file:
+        return [line.rstrip("\n") for line in file]
+
+
+@keras.saving.register_keras_serializable(package="keras_ov2")
+class OpenVision2Tokenizer(keras_hub.tokenizers.WordPieceTokenizer):
+    """WordPiece over the OpenVision vocabulary, lowercasing and stripping
+    accents like the TF-Text `BertTokenizer(lower_case=True)` the authors
+    train with, so captions get the same word-pieces and ids.
+
+    The vocabulary is bert-base-uncased with `[unused0]` renamed `[bos]`
+    (id 1) and `[unused1]` renamed `[eos]` (id 2). Special tokens, as
+    attributes with `_id` twins: `start_token` `[bos]`, `end_token` `[eos]`,
+    `pad_token` `[PAD]` (0), `cls_token` `[CLS]` (101, the last slot of a
+    packed target sequence). Packing into sequences is the preprocessor's
+    job; this layer returns unpadded id lists unless `sequence_length` is set.
+
+    Args:
+        vocabulary: list of tokens or path to a vocabulary file; None (default)
+            uses the vocabulary shipped with keras_ov2.
+        **kwargs: passed to `keras_hub.tokenizers.WordPieceTokenizer`.
+    """
+
+    backbone_cls = OpenVision2Backbone
+
+    def __init__(self, vocabulary=None, **kwargs):
+        self._add_special_token("[bos]", "start_token")
+        self._add_special_token("[eos]", "end_token")
+        self._add_special_token("[PAD]", "pad_token")
+        self._add_special_token("[CLS]", "cls_token")
+        if vocabulary is None:
+            # A list rather than the path: Keras' safe mode refuses paths.
+            vocabulary = load_vocabulary()
+        kwargs.setdefault("lowercase", True)
+        kwargs.setdefault("strip_accents", True)
+        super().__init__(vocabulary=vocabulary, **kwargs)

@@ -1,0 +1,75 @@
+"""The preset folders shipped with keras_ov2: listing, lookup, clear errors."""
+
+import difflib
+import json
+from pathlib import Path
+
+from keras_hub.src.utils.preset_utils import register_presets
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+WEIGHT_FILES = ("model.weights.h5", "model.weights.json")
+
+
+def list_presets():
+    """Maps every shipped preset name to its metadata (sorted by name)."""
+    found = {}
+    for config in sorted(PRESETS_DIR.glob("*/config.json")):
+        folder = config.parent
+        found[folder.name] = json.loads((folder / "metadata.json").read_text())
+    return found
+
+
+def has_weights(folder):
+    return any((Path(folder) / name).exists() for name in WEIGHT_FILES)
+
+
+def resolve(preset, load_weights=True):
+    """Turns a preset name or folder into a path KerasHub can load.
+
+    Hub handles (`hf://...`, `kaggle://...`) pass through unchanged. A folder
+    without weights raises, when weights are asked for, an error that says
+    where the weights come from.
+    """
+    if "://" in preset:
+        return preset
+    folder = PRESETS_DIR / preset
+    if not (folder / "config.json").exists():
+        folder = Path(preset)
+    if not (folder / "config.json").exists():
+        names = list(list_presets())
+        close = difflib.get_close_matches(preset, names, n=5, cutoff=0.6)
+        hint = (
+            f" Close matches: {', '.join(close)}."
+            if close
+            else " See keras_ov2.list_presets() for the names."
+        )
+        raise ValueError(
+            f"Unknown preset {preset!r}: it is neither a keras_ov2 preset "
+            f"name nor a folder holding a config.json.{hint}"
+        )
+    if load_weights and not has_weights(folder):
+        source = ""
+        metadata = folder / "metadata.json"
+        if metadata.exists():
+            source = json.loads(metadata.read_text()).get("source", "")
+        origin = f" Its weights are the released checkpoint {source}." if source else ""
+        raise FileNotFoundError(
+            f"Preset {preset!r} has no weights in {folder} (no "
+            f"{' or '.join(WEIGHT_FILES)}).{origin} Convert that checkpoint "
+            "into a preset folder and load the folder, or pass "
+            "load_weights=False to build this architecture with random "
+            "weights."
+        )
+    return str(folder)
+
+
+def register(backbone_cls):
+    """Makes the shipped presets visible as `backbone_cls.presets` and to
+    `keras_hub.models.Backbone.from_preset(name)`."""
+    register_presets(
+        {
+            name: {"metadata": metadata, "kaggle_handle": str(PRESETS_DIR / name)}
+            for name, metadata in list_presets().items()
+        },
+        backbone_cls,
+    )
