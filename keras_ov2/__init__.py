@@ -2,8 +2,10 @@
 
 from keras_ov2 import layers
 from keras_ov2.models import OpenVision2Backbone
+from keras_ov2.models import OpenVision2Captioner
 from keras_ov2.models import OpenVision2CaptionerPreprocessor
 from keras_ov2.models import OpenVision2ImageConverter
+from keras_ov2.models import OpenVision2TextDecoder
 from keras_ov2.models import OpenVision2Tokenizer
 from keras_ov2.models.presets import list_presets
 from keras_ov2.version import __version__

@@ -7,3 +7,5 @@ from keras_ov2.layers.sincos_position_embedding import SinCos2DPositionEmbedding
 from keras_ov2.layers.sincos_position_embedding import sincos_2d_table
 from keras_ov2.layers.transformer_block import TransformerBlock
 from keras_ov2.layers.image_normalization import ImageNormalization
+from keras_ov2.layers.visual_token_masking import VisualTokenMasking
+from keras_ov2.layers.parallel_prediction import ParallelPredictionMasking

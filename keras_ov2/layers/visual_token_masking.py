@@ -1,0 +1,56 @@
+"""OpenVision 2's visual token masking: keep a random K of the N tokens."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_ov2")
+class VisualTokenMasking(keras.layers.Layer):
+    """Keeps K = int(N * keep_ratio) patch tokens per sample, in training only.
+
+    Each sample draws its own subset, without replacement, in random order
+    (not sorted: the authors keep the order `jax.random.choice` gives, which
+    matters under the fully causal decoder mask). At inference, or with
+    `keep_ratio=1.0`, the tokens pass through unchanged. Randomness comes
+    from a `keras.random.SeedGenerator`, so a fixed `seed` reproduces the
+    subsets and each step draws new ones, under `jit` on every backend.
+    """
+
+    def __init__(self, keep_ratio=0.35, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 < keep_ratio <= 1.0:
+            raise ValueError(
+                f"keep_ratio must be in (0, 1]; received {keep_ratio}."
+            )
+        self.keep_ratio = keep_ratio
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def kept_count(self, num_tokens):
+        return max(1, int(num_tokens * self.keep_ratio))
+
+    def call(self, tokens, training=None):
+        if not training or self.keep_ratio == 1.0:
+            return tokens
+        num_tokens = tokens.shape[1]
+        if num_tokens is None:
+            raise ValueError(
+                "VisualTokenMasking needs a static token count; received "
+                f"tokens of shape {tokens.shape}."
+            )
+        batch = ops.shape(tokens)[0]
+        noise = keras.random.uniform(
+            (batch, num_tokens), seed=self.seed_generator
+        )
+        # The first K indices of a random permutation: a uniform subset
+        # without replacement, in random order.
+        order = ops.argsort(noise, axis=1)[:, : self.kept_count(num_tokens)]
+        return ops.take_along_axis(tokens, order[:, :, None], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(keep_ratio=self.keep_ratio, seed=self.seed)
+        return config

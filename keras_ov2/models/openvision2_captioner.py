@@ -1,0 +1,270 @@
+"""OpenVision 2 pretraining task: encoder + token masking + caption decoder."""
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+from keras_hub.src.utils.tensor_utils import any_equal
+
+from keras_ov2.layers import ImageNormalization
+from keras_ov2.layers import ParallelPredictionMasking
+from keras_ov2.layers import VisualTokenMasking
+from keras_ov2.models import presets
+from keras_ov2.models.caption_loss import CaptionLoss
+from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2_captioner_preprocessor import (
+    OpenVision2CaptionerPreprocessor,
+)
+
+BERT_MASK_ID = 103
+
+
+@keras.saving.register_keras_serializable(package="keras_ov2")
+class OpenVision2Captioner(keras_hub.models.CausalLM):
+    """Pretrains an `OpenVision2Backbone` by captioning alone.
+
+    uint8 images -> ImageNet normalisation (on the device) -> encoder patch
+    tokens -> `VisualTokenMasking` (training only) -> `OpenVision2TextDecoder`
+    -> logits for every caption position. Inputs are the preprocessor's
+    `{"images": uint8 (B, H, W, 3), "token_ids": int32 (B, T)}`.
+
+    Args:
+        backbone: the `OpenVision2Backbone` being pretrained.
+        decoder: an `OpenVision2TextDecoder`.
+        preprocessor: an `OpenVision2CaptionerPreprocessor` or None.
+        keep_ratio: fraction of patch tokens the decoder sees in training
+            (0.35, the authors' setting).
+        parallel_fraction: fraction of rows trained by CapPa-style parallel
+            prediction (all-`[MASK]` inputs, no causal mask); 0 (off) by
+            default.
+        seed: seeds the token masking and the parallel-prediction draws.
+    """
+
+    backbone_cls = OpenVision2Backbone
+    preprocessor_cls = OpenVision2CaptionerPreprocessor
+
+    def __init__(
+        self,
+        backbone,
+        decoder,
+        preprocessor=None,
+        keep_ratio=0.35,
+        parallel_fraction=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        # === Layers ===
+        self.backbone = backbone
+        self.decoder = decoder
+        self.preprocessor = preprocessor
+        self.image_normalization = ImageNormalization(
+            dtype=backbone.dtype_policy, name="image_normalization"
+        )
+        self.token_masking = VisualTokenMasking(
+            keep_ratio, seed=seed, name="visual_token_masking"
+        )
+        self.parallel_masking = None
+        if parallel_fraction:
+            self.parallel_masking = ParallelPredictionMasking(
+                parallel_fraction,
+                BERT_MASK_ID,
+                seed=None if seed is None else seed + 1,
+                name="parallel_prediction_masking",
+            )
+
+        # === Functional Model ===
+        images = keras.Input((None, None, 3), dtype="uint8", name="images")
+        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+        visual = self.encode_images(images)
+        visual = self.token_masking(visual)
+        parallel = None
+        decoder_ids = token_ids
+        if self.parallel_masking is not None:
+            decoder_ids, parallel = self.parallel_masking(token_ids)
+        logits = self.decoder(visual, decoder_ids, parallel=parallel)
+        super().__init__(
+            inputs={"images": images, "token_ids": token_ids},
+            outputs=logits,
+            **kwargs,
+        )
+        # `call` checks images itself, with errors that say what was expected.
+        self.input_spec = None
+
+        # === Config ===
+        self.keep_ratio = keep_ratio
+        self.parallel_fraction = parallel_fraction
+        self.seed = seed
+
+    def encode_images(self, images):
+        """uint8 images -> all patch tokens of the encoder (no masking)."""
+        return self.backbone(self.image_normalization(images))["sequence_output"]
+
+    def call(self, inputs, training=None, mask=None):
+        images = inputs["images"]
+        shape, dtype = tuple(images.shape), keras.backend.standardize_dtype(images.dtype)
+        if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
+            raise ValueError(
+                "OpenVision2Captioner expects uint8 images of shape (batch, "
+                f"height, width, 3), as its preprocessor produces; received "
+                f"{dtype} images of shape {shape}."
+            )
+        return super().call(inputs, training=training, mask=mask)
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        learning_rate=1e-3,
+        total_steps=10_000,
+        warmup_steps=None,
+        weight_decay=0.2,
+        sampler="greedy",
+        **kwargs,
+    ):
+        """Defaults to the authors' recipe: AdamW (0.9, 0.95, eps 1e-8),
+        decoupled weight decay 0.2 (multiplied by the learning rate) on
+        kernels only, linear warmup then cosine decay to 0 over
+        `total_steps`, no gradient clipping, and the caption loss (weight 2).
+        Calling it again restarts the optimizer and the schedule, which is
+        how a new resolution stage starts (see `start_stage`).
+        """
+        if optimizer == "auto":
+            if warmup_steps is None:
+                warmup_steps = max(1, total_steps // 250)
+            schedule = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=0.0,
+                decay_steps=max(1, total_steps - warmup_steps),
+                alpha=0.0,
+                warmup_target=learning_rate,
+                warmup_steps=warmup_steps,
+            )
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=schedule,
+                beta_1=0.9,
+                beta_2=0.95,
+                epsilon=1e-8,
+                weight_decay=weight_decay,
+            )
+            optimizer.exclude_from_weight_decay(
+                var_list=[
+                    v for v in self.trainable_variables if not v.path.endswith("kernel")
+                ]
+            )
+        if loss == "auto":
+            loss = CaptionLoss()
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=kwargs.pop("weighted_metrics", None),
+            sampler=sampler,
+            **kwargs,
+        )
+
+    def start_stage(self, image_size, total_steps, **compile_kwargs):
+        """Starts a progressive-resolution stage (84 px, then 224 px, ...).
+
+        The weights carry over (the sin-cos positions are recomputed for the
+        new grid); the preprocessor resizes to `image_size` from now on; the
+        optimizer state and the learning-rate schedule restart, as in the
+        authors' fine-tuning stages. Then call `fit` on data of that size.
+        """
+        if self.preprocessor is not None and self.preprocessor.image_converter:
+            self.preprocessor.image_converter.image_size = (image_size, image_size)
+        self.compile(total_steps=total_steps, **compile_kwargs)
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        """One compiled generation pass over a batch, with a KV cache.
+
+        The whole [visual; prompt] prefix fills the cache once; each new
+        token then runs one position through the decoder.
+        """
+        token_ids = inputs["token_ids"]
+        padding_mask = inputs["padding_mask"]
+        images = inputs["images"]
+        if len(ops.shape(images)) == 3:
+            images = ops.expand_dims(images, axis=0)
+        visual = self.encode_images(images)
+        num_visual = visual.shape[1]
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        cache = self.decoder.empty_cache(
+            batch, num_visual + length, self.decoder.compute_dtype
+        )
+        _, cache = self.decoder.call_with_cache(
+            token_ids, cache, 0, visual_tokens=visual
+        )
+        index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
+
+        def next(prompt, cache, index):
+            token = ops.slice(prompt, [0, index - 1], [batch, 1])
+            logits, cache = self.decoder.call_with_cache(
+                token, cache, num_visual + index - 1
+            )
+            return ops.squeeze(logits, axis=1), None, cache
+
+        token_ids = self.sampler(
+            next=next,
+            prompt=token_ids,
+            cache=cache,
+            index=index,
+            mask=padding_mask,
+            stop_token_ids=stop_token_ids,
+            model=self,
+        )
+        if stop_token_ids is None:
+            padding_mask = ops.ones_like(token_ids, dtype="bool")
+        else:
+            ends = ops.cast(
+                any_equal(token_ids, stop_token_ids, ops.logical_not(padding_mask)),
+                "int32",
+            )
+            after_end = ops.cumsum(ends, axis=-1) - ends
+            padding_mask = ops.logical_not(ops.cast(after_end, "bool"))
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+    def score(self, images, texts, batch_size=32):
+        """Log-likelihood of each text given its image: (B,) float32 NumPy.
+
+        `images[i]` is paired with `texts[i]`; the sum runs over the caption's
+        word-pieces and its `[eos]`, as in the loss. For zero-shot
+        classification, score each image against every class caption and
+        take the argmax.
+        """
+        if self.preprocessor is None:
+            raise ValueError("score() needs a preprocessor to tokenize texts.")
+        scores = []
+        for start in range(0, len(texts), batch_size):
+            x, y, weights = self.preprocessor(
+                images[start : start + batch_size],
+                list(texts[start : start + batch_size]),
+            )
+            logits = self(x, training=False)
+            log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+            picked = ops.take_along_axis(log_probs, ops.expand_dims(y, -1), axis=-1)
+            scores.append(
+                ops.convert_to_numpy(ops.sum(picked[..., 0] * weights, axis=-1))
+            )
+        return np.concatenate(scores)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a captioner preset by name or folder (see `from_preset` of
+        `OpenVision2Backbone` for names, folders and missing weights)."""
+        preset = presets.resolve(preset, load_weights)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            decoder=keras.layers.serialize(self.decoder),
+            keep_ratio=self.keep_ratio,
+            parallel_fraction=self.parallel_fraction,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["decoder"] = keras.layers.deserialize(config["decoder"])
+        return super().from_config(config)
