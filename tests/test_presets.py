@@ -46,7 +46,7 @@ def encoder_presets():
     return {
         name: meta
         for name, meta in keras_ov2.list_presets().items()
-        if name.startswith("openvision")
+        if meta["family"] in ("openvision", "openvision2")
     }
 
 

@@ -194,13 +194,18 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
             token_ids, cache, 0, visual_tokens=visual
         )
         index = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=-1))
+        # Rows past the tokenizer's vocabulary (32000 > 30522) are never
+        # targets; keep the sampler off them.
+        vocabulary = self.decoder.vocabulary_size
+        if self.preprocessor is not None:
+            vocabulary = self.preprocessor.tokenizer.vocabulary_size()
 
         def next(prompt, cache, index):
             token = ops.slice(prompt, [0, index - 1], [batch, 1])
             logits, cache = self.decoder.call_with_cache(
                 token, cache, num_visual + index - 1
             )
-            return ops.squeeze(logits, axis=1), None, cache
+            return ops.squeeze(logits, axis=1)[:, :vocabulary], None, cache
 
         token_ids = self.sampler(
             next=next,

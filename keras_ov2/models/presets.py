@@ -48,15 +48,17 @@ def resolve(preset, load_weights=True):
             f"name nor a folder holding a config.json.{hint}"
         )
     if load_weights and not has_weights(folder):
-        source = ""
         metadata = folder / "metadata.json"
-        if metadata.exists():
-            source = json.loads(metadata.read_text()).get("source", "")
-        origin = f" Its weights are the released checkpoint {source}." if source else ""
+        source = metadata.exists() and json.loads(metadata.read_text()).get("source")
+        origin = (
+            f" Its weights are the released checkpoint {source}: convert it "
+            "into a preset folder and load that folder,"
+            if source
+            else " It is a configuration to pretrain from (see `ov2 pretrain`):"
+        )
         raise FileNotFoundError(
             f"Preset {preset!r} has no weights in {folder} (no "
-            f"{' or '.join(WEIGHT_FILES)}).{origin} Convert that checkpoint "
-            "into a preset folder and load the folder, or pass "
+            f"{' or '.join(WEIGHT_FILES)}).{origin} or pass "
             "load_weights=False to build this architecture with random "
             "weights."
         )
