@@ -1,0 +1,392 @@
+"""Train-step time and memory of the OpenVision 2 captioner vs `keep_ratio`.
+
+OpenVision 2 keeps a random K = int(N * keep_ratio) of the encoder's N patch
+tokens and feeds only those to the caption decoder, as a prefix of the caption.
+The encoder always runs on all N tokens, so the saving is in the decoder: its
+sequence shrinks from N + T to K + T (T caption positions).
+
+For each keep ratio this script builds the captioner in a fresh subprocess
+(so peak memory is per configuration), compiles its JAX train step (the
+Keras `train_step`: forward, caption loss, backward, AdamW update), runs one
+warmup step, then times `--steps` steps and prints a table with the ratios
+against keep_ratio 1.0:
+
+    python benchmarks/keep_ratio.py
+    python benchmarks/keep_ratio.py --batch-size 4 --image-size 224 --steps 5
+
+Memory is reported two ways, because `memory_stats()` of JAX's CPU device
+returns None:
+- peak_MB: XLA's buffer assignment for the compiled step
+  (`compiled.memory_analysis()`): arguments + outputs - donated aliases +
+  temporaries. This is what the step needs live at once, independent of
+  the allocator and of other processes; temp_MB is the temporaries alone
+  (activations kept for the backward pass and scratch).
+- rss_MB: how far the process's resident set rose above its pre-step level
+  during the timed steps (Linux VmHWM, reset after the warmup step through
+  /proc/self/clear_refs). Allocator caching makes it noisier.
+
+FLOPs: `GFLOP` is XLA's own count for the compiled step
+(`compiled.cost_analysis()`); `flop/1.0` the analytic ratio of matmul FLOPs
+(see `analytic_flops`); both per step, whole batch.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+# (patch, width, depth, heads, MLP width) of the encoder choices.
+ENCODERS = {
+    "ti16": (16, 192, 12, 3, 768),
+    "s16": (16, 384, 12, 6, 1536),
+    "b16": (16, 768, 12, 12, 3072),
+}
+RESULT_MARK = "KEEP_RATIO_RESULT "
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=(
+            "OpenVision 2 captioner train step (JAX, CPU): time and memory "
+            "per keep_ratio, side by side, with ratios vs keep_ratio 1.0."
+        )
+    )
+    parser.add_argument(
+        "--keep-ratios",
+        default="1.0,0.35,0.25",
+        help="comma-separated keep ratios; 1.0 is added if missing (default %(default)s)",
+    )
+    parser.add_argument("--encoder", default="ti16", choices=sorted(ENCODERS))
+    parser.add_argument(
+        "--decoder",
+        default="Ti",
+        help="decoder variant of OpenVision2TextDecoder.from_variant (default %(default)s)",
+    )
+    parser.add_argument("--vocabulary-size", type=int, default=32000)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=128,
+        help="caption length; the decoder sees seq_len - 1 positions (default %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (default %(default)s)")
+    parser.add_argument(
+        "--attention-mask", default="causal", choices=("causal", "prefix")
+    )
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seq_len < 2:
+        parser.error("--seq-len must be at least 2.")
+    if args.image_size < ENCODERS[args.encoder][0]:
+        parser.error("--image-size must be at least one patch.")
+    return args
+
+
+# ----------------------------------------------------------------------------
+# Analytic FLOPs (forward, matmuls only, one sample)
+# ----------------------------------------------------------------------------
+
+
+def block_flops(length, width, mlp):
+    """Pre-norm block: q/k/v/out (8 S D^2), MLP (4 S D F), QK^T and AV
+    (4 S^2 D; masked positions are computed too: XLA has no causal skip)."""
+    return 8 * length * width**2 + 4 * length * width * mlp + 4 * length**2 * width
+
+
+def analytic_flops(num_patches, kept, num_text, patch, enc, dec, vocab):
+    """Forward matmul FLOPs per sample, split by part. A train step costs
+    about 3x (the backward pass is ~2x the forward), the same for every part,
+    so ratios of these numbers are ratios of train-step FLOPs."""
+    enc_width, enc_depth, enc_mlp = enc
+    dec_width, dec_depth, dec_mlp = dec
+    return {
+        "encoder": 2 * num_patches * patch * patch * 3 * enc_width
+        + enc_depth * block_flops(num_patches + 1, enc_width, enc_mlp),
+        "decoder_blocks": 2 * kept * enc_width * dec_width
+        + dec_depth * block_flops(kept + num_text, dec_width, dec_mlp),
+        "head": 2 * num_text * dec_width * vocab,
+    }
+
+
+# ----------------------------------------------------------------------------
+# Worker: one keep ratio, in its own process
+# ----------------------------------------------------------------------------
+
+
+def proc_status_kb(field):
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+    return int(match.group(1)) if match else None
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_worker(args, keep_ratio):
+    os.environ["KERAS_BACKEND"] = "jax"
+    import jax
+    import keras
+    import numpy as np
+
+    import keras_ov2
+
+    keras.utils.set_random_seed(0)
+    patch, width, depth, heads, mlp = ENCODERS[args.encoder]
+    backbone = keras_ov2.OpenVision2Backbone(
+        patch_size=patch,
+        hidden_dim=width,
+        num_layers=depth,
+        num_heads=heads,
+        intermediate_dim=mlp,
+    )
+    decoder = keras_ov2.OpenVision2TextDecoder.from_variant(
+        args.decoder,
+        vocabulary_size=args.vocabulary_size,
+        attention_mask=args.attention_mask,
+    )
+    captioner = keras_ov2.OpenVision2Captioner(
+        backbone, decoder, preprocessor=None, keep_ratio=keep_ratio, seed=0
+    )
+    captioner.compile(learning_rate=1e-4, total_steps=1000)
+
+    batch, size, num_text = args.batch_size, args.image_size, args.seq_len - 1
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, args.vocabulary_size, (batch, args.seq_len), dtype="int32")
+    x = {
+        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
+        "token_ids": tokens[:, :-1],
+    }
+    y = tokens[:, 1:]
+    sample_weight = np.ones((batch, num_text), dtype="float32")
+
+    # Build the model, the loss tracker and the AdamW slots exactly as
+    # `fit`/`train_on_batch` do, then jit Keras' own `train_step` the way
+    # Keras does (state donated), so that the compiled executable can be
+    # inspected (memory and cost analysis) and timed without recompiling.
+    captioner._symbolic_build(data_batch=(x, y, sample_weight))
+    state = (
+        [v.value for v in captioner.trainable_variables],
+        [v.value for v in captioner.non_trainable_variables],
+        [v.value for v in captioner.optimizer.variables],
+        [v.value for v in captioner.metrics_variables],
+    )
+    data = jax.device_put((x, y, sample_weight))
+
+    start = time.perf_counter()
+    step = jax.jit(captioner.train_step, donate_argnums=0)
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    xla_flops = (cost or {}).get("flops")
+
+    # Warmup (first run of the executable), then the timed steps.
+    start = time.perf_counter()
+    logs, state = compiled(state, data)
+    jax.block_until_ready((logs, state))
+    warmup_s = time.perf_counter() - start
+
+    rss_before_kb = proc_status_kb("VmRSS")
+    peak_reset = reset_peak_rss()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        logs, state = compiled(state, data)
+        jax.block_until_ready((logs, state))
+        times.append(time.perf_counter() - start)
+    rss_peak_kb = proc_status_kb("VmHWM")
+    loss = float(logs["loss"])
+    if not np.isfinite(loss):
+        raise RuntimeError(f"train step returned a non-finite loss: {loss}")
+
+    num_patches = (size // patch) ** 2
+    kept = captioner.token_masking.kept_count(num_patches)
+    flops = analytic_flops(
+        num_patches,
+        kept,
+        num_text,
+        patch,
+        (width, depth, mlp),
+        (decoder.hidden_dim, decoder.num_layers, decoder.intermediate_dim),
+        decoder.vocabulary_size,
+    )
+    mb = 2.0**-20
+    peak_bytes = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+    return {
+        "keep_ratio": keep_ratio,
+        "num_patches": num_patches,
+        "kept": kept,
+        "decoder_length": kept + num_text,
+        "num_text": num_text,
+        "parameters": int(captioner.count_params()),
+        "compile_s": compile_s,
+        "warmup_s": warmup_s,
+        "step_times_s": times,
+        "step_s": statistics.median(times),
+        "loss": loss,
+        "xla_gflop": None if xla_flops is None else xla_flops / 1e9,
+        "analytic_forward_gflop_per_sample": {k: v / 1e9 for k, v in flops.items()},
+        "peak_mb": peak_bytes * mb,
+        "temp_mb": memory.temp_size_in_bytes * mb,
+        "argument_mb": memory.argument_size_in_bytes * mb,
+        "rss_mb": None
+        if not peak_reset or rss_peak_kb is None
+        else (rss_peak_kb - rss_before_kb) / 1024,
+        "rss_before_mb": rss_before_kb / 1024,
+        "jax": jax.__version__,
+        "keras": keras.__version__,
+        "dtype": keras.config.dtype_policy().name,
+    }
+
+
+# ----------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------
+
+
+def machine():
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        if found:
+            model = found.group(1).strip()
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {usable} usable cores ({os.cpu_count()} online)"
+
+
+def run_config(args, keep_ratio, argv):
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--worker", str(keep_ratio)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK) :])
+    sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+    raise SystemExit(f"keep_ratio {keep_ratio}: the worker failed (exit {done.returncode}).")
+
+
+def ratio(value, base):
+    return "n/a" if value is None or not base else f"{value / base:.2f}"
+
+
+def print_table(args, results):
+    base = next(r for r in results if r["keep_ratio"] == 1.0)
+
+    def total_flops(r):
+        return sum(r["analytic_forward_gflop_per_sample"].values())
+
+    header = (
+        f"{'keep_ratio':>10} {'K':>4} {'dec_len':>7} {'step_ms':>8} {'images/s':>8} "
+        f"{'GFLOP':>7} {'peak_MB':>8} {'temp_MB':>8} {'rss_MB':>7} "
+        f"{'step/1.0':>8} {'flop/1.0':>8} {'mem/1.0':>7} {'temp/1.0':>8}"
+    )
+    print(header)
+    for r in results:
+        rss = "n/a" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
+        gflop = "n/a" if r["xla_gflop"] is None else f"{r['xla_gflop']:.0f}"
+        print(
+            f"{r['keep_ratio']:>10.2f} {r['kept']:>4} {r['decoder_length']:>7} "
+            f"{r['step_s'] * 1e3:>8.0f} {args.batch_size / r['step_s']:>8.2f} "
+            f"{gflop:>7} {r['peak_mb']:>8.0f} {r['temp_mb']:>8.0f} {rss:>7} "
+            f"{ratio(r['step_s'], base['step_s']):>8} "
+            f"{ratio(total_flops(r), total_flops(base)):>8} "
+            f"{ratio(r['peak_mb'], base['peak_mb']):>7} "
+            f"{ratio(r['temp_mb'], base['temp_mb']):>8}"
+        )
+
+    print()
+    print("Analytic forward GFLOP per sample (matmuls; train step ~3x):")
+    print(f"{'keep_ratio':>10} {'encoder':>8} {'dec_blocks':>10} {'head':>6} {'total':>6} {'encoder%':>8}")
+    for r in results:
+        f = r["analytic_forward_gflop_per_sample"]
+        total = sum(f.values())
+        print(
+            f"{r['keep_ratio']:>10.2f} {f['encoder']:>8.2f} {f['decoder_blocks']:>10.2f} "
+            f"{f['head']:>6.2f} {total:>6.2f} {100 * f['encoder'] / total:>7.0f}%"
+        )
+    print()
+    print("Per-step times (s), compile and warmup:")
+    for r in results:
+        steps = ", ".join(f"{t:.2f}" for t in r["step_times_s"])
+        print(
+            f"  {r['keep_ratio']:.2f}: [{steps}]  compile {r['compile_s']:.0f} s, "
+            f"warmup {r['warmup_s']:.1f} s, loss {r['loss']:.3f}"
+        )
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker is not None:
+        result = run_worker(args, args.worker)
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        return
+
+    ratios = [float(r) for r in args.keep_ratios.split(",") if r.strip()]
+    if 1.0 not in ratios:
+        ratios.insert(0, 1.0)
+    started = time.perf_counter()
+    print(f"machine:  {machine()}")
+    print("note:     timings are wall-clock on this machine; other load on it shows up in them")
+    results = []
+    for keep_ratio in ratios:
+        print(f"running keep_ratio {keep_ratio} ...", flush=True)
+        results.append(run_config(args, keep_ratio, argv))
+    first = results[0]
+    print(
+        f"backend:  jax {first['jax']} (CPU), keras {first['keras']}, "
+        f"dtype {first['dtype']}"
+    )
+    print(
+        f"model:    encoder {args.encoder} + decoder {args.decoder} "
+        f"(vocab {args.vocabulary_size}, {args.attention_mask} mask), "
+        f"{first['parameters'] / 1e6:.1f}M parameters"
+    )
+    print(
+        f"input:    batch {args.batch_size}, {args.image_size} px "
+        f"({first['num_patches']} patch tokens), caption length {args.seq_len} "
+        f"(T = {first['num_text']}); median of {args.steps} steps after 1 warmup step"
+    )
+    print()
+    print_table(args, results)
+    print()
+    print(
+        "peak_MB = XLA arguments + outputs - donated + temporaries of the compiled "
+        "step; temp_MB = temporaries; rss_MB = rise of resident memory above the "
+        "pre-step level during the timed steps; GFLOP = XLA cost analysis per step; "
+        "flop/1.0 = analytic matmul FLOPs vs 1.0."
+    )
+    print(f"total wall time {time.perf_counter() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "machine": machine(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Training recipes: OpenVision 2 pretraining by captioning, in resolution stages."""
+
+from keras_ov2.training.pretrain import DEFAULT_PRESET
+from keras_ov2.training.pretrain import DEFAULT_STAGES
+from keras_ov2.training.pretrain import Stage
+from keras_ov2.training.pretrain import load_captioner
+from keras_ov2.training.pretrain import pretrain

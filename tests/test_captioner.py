@@ -1,0 +1,237 @@
+import json
+
+import grain
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from keras_hub.src.tests.test_case import TestCase
+
+import keras_ov2
+from keras_ov2.data import SyntheticScenes
+from keras_ov2.models import CaptionLoss
+from keras_ov2.models.openvision2_text_decoder import decoder_attention_mask
+
+SEQUENCE = 16
+SIZE = 64
+
+
+def tiny_captioner(keep_ratio=0.35, attention_mask="causal", **kwargs):
+    preprocessor = keras_ov2.OpenVision2CaptionerPreprocessor(
+        keras_ov2.OpenVision2Tokenizer(),
+        keras_ov2.OpenVision2ImageConverter(image_size=(SIZE, SIZE)),
+        sequence_length=SEQUENCE,
+    )
+    backbone = keras_ov2.OpenVision2Backbone(
+        patch_size=16, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64
+    )
+    decoder = keras_ov2.OpenVision2TextDecoder(
+        32000, 32, 2, 2, 64, attention_mask=attention_mask
+    )
+    return keras_ov2.OpenVision2Captioner(
+        backbone, decoder, preprocessor, keep_ratio=keep_ratio, seed=1, **kwargs
+    )
+
+
+def scenes(count=4):
+    source = SyntheticScenes(count, image_size=SIZE, seed=0)
+    records = [source[i] for i in range(count)]
+    images = np.stack([r["image"] for r in records])
+    return images, [r["short_caption"] for r in records]
+
+
+def model_inputs(captioner, images, captions):
+    return captioner.preprocessor(images, captions)
+
+
+class CaptionerTest(TestCase):
+    def test_overfits_a_handful_of_pairs_and_captions_them(self):
+        # keep_ratio 1.0: generation sees every token, so training does too.
+        keras.utils.set_random_seed(0)
+        captioner = tiny_captioner(keep_ratio=1.0)
+        images, captions = scenes()
+        steps = 150
+        captioner.compile(learning_rate=3e-3, total_steps=steps, warmup_steps=10)
+        data = grain.MapDataset.source(list(zip(images, captions))).batch(4)
+        history = captioner.fit(data.repeat(steps), epochs=steps, steps_per_epoch=1, verbose=0)
+        losses = history.history["loss"]
+        assert losses[0] / np.mean(losses[-5:]) >= 10, losses[::10]
+        generated = captioner.generate(images, max_length=SEQUENCE)
+        expected = [captioner.preprocessor.generate_postprocess(
+            captioner.preprocessor(images[i], captions[i])[0]["token_ids"]
+        ) for i in range(4)]
+        assert generated == expected, (generated, expected)
+        right = captioner.score(images, captions)
+        wrong = captioner.score(images, captions[1:] + captions[:1])
+        assert np.all(right > wrong)
+
+    def test_kv_cache_generation_equals_full_recomputation(self):
+        keras.utils.set_random_seed(1)
+        captioner = tiny_captioner()
+        images, _ = scenes(2)
+        inputs = captioner.preprocessor.generate_preprocess(images, sequence_length=10)
+        cached = ops.convert_to_numpy(
+            captioner.generate_step(inputs, stop_token_ids=None)["token_ids"]
+        )
+        # Greedy decoding without a cache: the whole sequence every step.
+        token_ids = ops.convert_to_numpy(inputs["token_ids"]).copy()
+        vocabulary = captioner.preprocessor.tokenizer.vocabulary_size()
+        for position in range(1, token_ids.shape[1]):
+            current = ops.convert_to_tensor(token_ids)
+            logits = captioner({"images": inputs["images"], "token_ids": current})
+            logits = ops.convert_to_numpy(logits)[:, position - 1, :vocabulary]
+            token_ids[:, position] = logits.argmax(-1)
+        np.testing.assert_array_equal(cached, token_ids)
+
+    def test_loss_equals_a_numpy_token_weighted_mean(self):
+        rng = np.random.default_rng(0)
+        logits = rng.normal(size=(3, 6, 11)).astype("float32")
+        targets = rng.integers(0, 11, size=(3, 6))
+        weights = np.array(
+            [[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], "float32"
+        )
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+        expected = 2.0 * (nll * weights).sum() / weights.sum()
+        per_caption = 2.0 * np.mean((nll * weights).sum(1) / weights.sum(1))
+        loss = ops.convert_to_numpy(CaptionLoss()(targets, logits, sample_weight=weights))
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+        assert not np.isclose(loss, per_caption)  # token-, not caption-weighted
+
+    def test_training_loss_is_the_caption_loss_of_the_batch(self):
+        captioner = tiny_captioner(keep_ratio=1.0)
+        images, captions = scenes(2)
+        x, y, w = model_inputs(captioner, images, captions)
+        logits = captioner(x, training=False)
+        expected = CaptionLoss()(y, logits, sample_weight=w)
+        data = grain.MapDataset.source(list(zip(images, captions))).batch(2)
+        result = captioner.evaluate(data, verbose=0, return_dict=True)
+        np.testing.assert_allclose(result["loss"], ops.convert_to_numpy(expected), rtol=1e-5)
+
+    def test_attention_masks(self):
+        causal = ops.convert_to_numpy(decoder_attention_mask(3, 0, 7, 7, "causal"))
+        prefix = ops.convert_to_numpy(decoder_attention_mask(3, 0, 7, 7, "prefix"))
+        np.testing.assert_array_equal(causal, np.tril(np.ones((7, 7), bool)))
+        assert not causal[0, 1]  # a visual token cannot see a later one
+        assert prefix[:3, :3].all()  # under prefix it sees every visual token
+        for mask in (causal, prefix):
+            assert not np.triu(mask[3:, :], k=4).any()  # no caption sees ahead
+            assert mask[3:, :3].all()  # captions see every visual token
+
+    def test_visual_order_matters_only_under_the_causal_mask(self):
+        rng = np.random.default_rng(0)
+        visual = rng.normal(size=(1, 5, 8)).astype("float32")
+        permuted = visual[:, ::-1]
+        token_ids = np.array([[1, 2000, 2001, 2]])
+        for mode, invariant in (("prefix", True), ("causal", False)):
+            decoder = keras_ov2.OpenVision2TextDecoder(
+                32000, 16, 2, 2, 32, attention_mask=mode
+            )
+            a = ops.convert_to_numpy(decoder(visual, token_ids))
+            b = ops.convert_to_numpy(decoder(permuted, token_ids))
+            assert np.allclose(a, b, atol=1e-5) == invariant, mode
+
+    def test_no_caption_position_sees_a_later_token(self):
+        captioner = tiny_captioner()
+        images, captions = scenes(1)
+        x, _, _ = model_inputs(captioner, images, captions)
+        changed = ops.convert_to_numpy(x["token_ids"]).copy()
+        changed[:, 5:] = 3000
+        a = ops.convert_to_numpy(captioner(x))
+        changed = ops.convert_to_tensor(changed)
+        b = ops.convert_to_numpy(captioner({**x, "token_ids": changed}))
+        np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-5)
+        assert not np.allclose(a[:, 5:], b[:, 5:])
+
+    def test_parallel_prediction_rows_ignore_their_inputs(self):
+        captioner = tiny_captioner(keep_ratio=1.0, parallel_fraction=1.0)
+        images, captions = scenes(1)
+        x, _, _ = model_inputs(captioner, images, captions)
+        changed = {**x, "token_ids": x["token_ids"] + 7}
+        a = ops.convert_to_numpy(captioner(x, training=True))
+        b = ops.convert_to_numpy(captioner(changed, training=True))
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        c = ops.convert_to_numpy(captioner(changed, training=False))
+        assert not np.allclose(a, c, atol=1e-3)
+        assert tiny_captioner().parallel_masking is None  # off by default
+
+    def test_compile_defaults_follow_the_recipe(self):
+        captioner = tiny_captioner()
+        captioner.compile(learning_rate=1e-3, total_steps=100, warmup_steps=10)
+        optimizer = captioner.optimizer
+        assert (optimizer.beta_1, optimizer.beta_2, optimizer.weight_decay) == (0.9, 0.95, 0.2)
+        decayed = {v.path for v in captioner.trainable_variables if optimizer._use_weight_decay(v)}
+        assert decayed and all(path.endswith("kernel") for path in decayed)
+        assert "open_vision2_text_decoder/token_embedding/embeddings" not in decayed
+        schedule = optimizer.learning_rate if callable(optimizer._learning_rate) else None
+        lr = [float(optimizer._learning_rate(step)) for step in (0, 5, 10, 55, 100)]
+        assert lr[0] == 0 and abs(lr[1] - 5e-4) < 1e-9 and abs(lr[2] - 1e-3) < 1e-9
+        assert 0 < lr[3] < 1e-3 and lr[4] < 1e-9
+        assert isinstance(captioner.loss, CaptionLoss) and schedule is not None
+
+    def test_start_stage_keeps_weights_and_restarts_the_optimizer(self):
+        captioner = tiny_captioner()
+        images, captions = scenes(2)
+        data = grain.MapDataset.source(list(zip(images, captions))).batch(2)
+        captioner.compile(total_steps=4)
+        captioner.fit(data.repeat(2), epochs=1, verbose=0)
+        assert int(captioner.optimizer.iterations) == 2
+        before = [ops.convert_to_numpy(v) for v in captioner.weights]
+        captioner.start_stage(96, total_steps=10, learning_rate=1e-4)
+        assert int(captioner.optimizer.iterations) == 0
+        assert captioner.preprocessor.image_converter.image_size == (96, 96)
+        for old, new in zip(before, captioner.weights):
+            np.testing.assert_array_equal(old, ops.convert_to_numpy(new))
+        x, _, _ = captioner.preprocessor(images, captions)
+        assert tuple(x["images"].shape) == (2, 96, 96, 3)
+        captioner.fit(data.repeat(1), epochs=1, verbose=0)
+
+    def test_wrong_images_get_a_clear_error(self):
+        captioner = tiny_captioner()
+        token_ids = np.ones((1, 4), "int32")
+        for images, found in (
+            (np.zeros((1, SIZE, SIZE, 3), "float32"), "float32"),
+            (np.zeros((SIZE, SIZE, 3), "uint8"), "shape (64, 64, 3)"),
+            (np.zeros((1, SIZE, SIZE, 1), "uint8"), "shape (1, 64, 64, 1)"),
+        ):
+            with pytest.raises(ValueError, match="uint8 images") as error:
+                captioner({"images": images, "token_ids": token_ids})
+            assert found in str(error.value)
+
+    def test_task_preset_round_trip(self):
+        captioner = tiny_captioner()
+        images, captions = scenes(2)
+        x, _, _ = model_inputs(captioner, images, captions)
+        folder = self.get_temp_dir()
+        captioner.save_to_preset(folder)
+        restored = keras_ov2.OpenVision2Captioner.from_preset(folder)
+        assert restored.decoder.get_config() == captioner.decoder.get_config()
+        self.assertAllClose(restored(x), captioner(x), atol=0)
+        assert restored.generate(images, max_length=8) == captioner.generate(
+            images, max_length=8
+        )
+
+    def test_shipped_captioner_presets_load_without_weights(self):
+        names = [
+            name
+            for name, meta in keras_ov2.list_presets().items()
+            if meta["family"] == "openvision2_captioner"
+        ]
+        assert len(names) == 8
+        demo = keras_ov2.OpenVision2Captioner.from_preset(
+            "openvision2_captioner_tiny_patch14_84", load_weights=False
+        )
+        assert demo.preprocessor.image_converter.image_size == (84, 84)
+        assert demo.keep_ratio == 0.35
+        # The paper's pairing, L/14 + decoder L: shapes only (a Task compiles
+        # an optimizer when built, so build the parts from the preset files).
+        folder = keras_ov2.models.presets.PRESETS_DIR / names[names.index(
+            "openvision2_captioner_vit_large_patch14_84")]
+        task = json.loads((folder / "task.json").read_text())["config"]
+        with keras.StatelessScope(initialize_variables=False):
+            encoder = keras_ov2.OpenVision2Backbone.from_preset(str(folder), load_weights=False)
+            decoder = keras.layers.deserialize(task["decoder"])
+            decoder.build((None, None, encoder.hidden_dim))
+        # 135.0M with its 1024 -> 768 projection, 32000 rows, untied head.
+        assert encoder.hidden_dim == 1024 and decoder.hidden_dim == 768
+        assert abs(decoder.count_params() / 1e6 - 135.0) < 0.1
