@@ -27,18 +27,16 @@ class VisualTokenMasking(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def kept_count(self, num_tokens):
-        return max(1, int(num_tokens * self.keep_ratio))
+        """K = int(N * keep_ratio), at least 1; N may be a symbolic (TF) size."""
+        if isinstance(num_tokens, int):
+            return max(1, int(num_tokens * self.keep_ratio))
+        kept = ops.floor(ops.cast(num_tokens, "float64") * self.keep_ratio)
+        return ops.maximum(1, ops.cast(kept, "int32"))
 
     def call(self, tokens, training=None):
         if not training or self.keep_ratio == 1.0:
             return tokens
-        num_tokens = tokens.shape[1]
-        if num_tokens is None:
-            raise ValueError(
-                "VisualTokenMasking needs a static token count; received "
-                f"tokens of shape {tokens.shape}."
-            )
-        batch = ops.shape(tokens)[0]
+        batch, num_tokens = ops.shape(tokens)[0], ops.shape(tokens)[1]
         noise = keras.random.uniform(
             (batch, num_tokens), seed=self.seed_generator
         )
