@@ -128,6 +128,14 @@ def held_out_loss(captioner, images, captions):
     return float(logs["loss"])
 
 
+def fitted_length(preprocessor, captions):
+    """The preset's caption length, or less when the captions are shorter:
+    the longest one + [bos], [eos] and [CLS], rounded up to a multiple of 4.
+    Padding costs as much compute as words (mostly in the vocabulary head)."""
+    longest = max(len(ids) for ids in preprocessor.tokenizer.tokenize(captions))
+    return min(preprocessor.sequence_length, -(-(longest + 3) // 4) * 4)
+
+
 def tidy(caption):
     """Glues the detokenizer's spaced punctuation back: "a , b ." -> "a, b."."""
     return re.sub(r" ([,.:;!?])", r"\1", caption).strip()
@@ -155,6 +163,7 @@ def pretrain(
     sample captions (for another source, its first records do, and they are
     seen in training). `caption_field`: "short_caption" by default (a tiny
     model learns it in minutes; "caption" is the long, detailed one).
+    `sequence_length`: None fits it to the captions (see `fitted_length`).
 
     Returns a dict: "losses" [(stage, step, loss)], "loss_before",
     "loss_after", "output_dir", "samples" [(generated, truth)], "exact_match"
@@ -164,13 +173,6 @@ def pretrain(
     if not stages:
         raise ValueError("pretrain needs at least one Stage.")
     started = time.perf_counter()
-    keras.utils.set_random_seed(seed)
-    captioner = load_captioner(preset)
-    if captioner.preprocessor is None:
-        raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
-    captioner.keep_ratio = captioner.token_masking.keep_ratio = keep_ratio
-    if sequence_length:
-        captioner.preprocessor.sequence_length = sequence_length
     final_size = stages[-1].image_size
     if dataset is None:
         dataset = SyntheticScenes(100_000, image_size=max(s.image_size for s in stages), seed=seed)
@@ -182,6 +184,16 @@ def pretrain(
     images = np.stack([resize(r["image"], final_size) for r in records])
     truths = [str(r[caption_field]) for r in records]
 
+    keras.utils.set_random_seed(seed)
+    captioner = load_captioner(preset)
+    if captioner.preprocessor is None:
+        raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
+    captioner.keep_ratio = captioner.token_masking.keep_ratio = keep_ratio
+    if sequence_length is None:
+        sample = truths + [str(dataset[i][caption_field]) for i in range(min(256, len(dataset)))]
+        sequence_length = fitted_length(captioner.preprocessor, sample)
+    captioner.preprocessor.sequence_length = sequence_length
+
     captioner.compile(learning_rate=learning_rate, total_steps=1)
     loss_before = held_out_loss(captioner, images, truths)
     print_fn(f"Held-out loss before training: {loss_before:.3f}")
@@ -191,7 +203,8 @@ def pretrain(
         lr = stage.learning_rate or learning_rate
         warmup = stage.warmup_steps or max(1, stage.steps // 20)
         print_fn(f"{label} {stage.steps} steps of {stage.batch_size} images, peak lr "
-                 f"{lr:g}, keep ratio {keep_ratio:g}, captions: {caption_field!r}")
+                 f"{lr:g}, keep ratio {keep_ratio:g}, captions: {caption_field!r} "
+                 f"({sequence_length} tokens)")
         captioner.start_stage(stage.image_size, total_steps=stage.steps,
                               learning_rate=lr, warmup_steps=warmup)
         progress = Progress(label, stage.steps, stage.batch_size, log_every, print_fn)

@@ -1,0 +1,233 @@
+"""The `ov2` command: `ov2 pretrain`, `ov2 caption`, `ov2 embed`.
+
+Keras is imported only once a command runs, after KERAS_BACKEND defaults to
+"jax", so `ov2 --help` is quick and any backend can be chosen.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEFAULT_OUTPUT = "runs/ov2_pretrain"
+
+
+class CliError(Exception):
+    """A problem with the user's input: reported in one line, exit status 1."""
+
+
+def parse_stages(text):
+    """"84:300:32,224:50:16" -> Stages (image_size:steps:batch_size[:learning_rate])."""
+    from keras_ov2.training import Stage
+
+    stages = []
+    for part in text.split(","):
+        fields = part.strip().split(":")
+        try:
+            if len(fields) not in (3, 4):
+                raise ValueError("expected 3 or 4 fields")
+            size, steps, batch = (int(f) for f in fields[:3])
+            lr = float(fields[3]) if len(fields) == 4 else None
+            stages.append(Stage(size, steps, batch, learning_rate=lr))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                f"bad stage {part!r} ({error}); expected image_size:steps:batch_size"
+                "[:learning_rate] with positive integers, e.g. 84:300:32,224:50:16"
+            ) from None
+    return stages
+
+
+def read_image(path):
+    """An image file -> uint8 (H, W, 3) RGB array, or a CliError naming the file."""
+    import numpy as np
+    from PIL import Image
+    from PIL import UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise CliError(f"cannot read {path} as an image ({error})") from None
+
+
+class ImageCaptionFolder:
+    """`--data FOLDER`: FOLDER/captions.jsonl, one JSON object per line with
+    "image" (a path relative to FOLDER) and caption fields; a Grain source."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        index = self.folder / "captions.jsonl"
+        if not index.is_file():
+            raise CliError(
+                f"--data {folder}: expected a folder holding captions.jsonl (one "
+                '{"image": "file.jpg", "caption": "..."} per line); found no '
+                f"{index}. Leave --data out to use the built-in synthetic scenes."
+            )
+        lines = index.read_text(encoding="utf-8").splitlines()
+        try:
+            self.rows = [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as error:
+            raise CliError(f"{index} is not JSON lines: {error}") from None
+        if not self.rows or any("image" not in row for row in self.rows):
+            raise CliError(f'{index} needs rows, each with an "image" field.')
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        row = dict(self.rows[index])
+        row["image"] = read_image(self.folder / row["image"])
+        return row
+
+
+def load_weights_note(preset, folder):
+    from keras_ov2.models import presets
+
+    if "://" not in preset and not presets.has_weights(folder):
+        print(f"Note: preset {preset!r} has no weights; using random weights.", file=sys.stderr)
+
+
+def resolve(preset):
+    from keras_ov2.models import presets
+
+    try:
+        return preset if "://" in preset else presets.resolve(preset, load_weights=False)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+
+
+def run_pretrain(args):
+    from keras_ov2.training import DEFAULT_PRESET
+    from keras_ov2.training import pretrain
+
+    resolve(args.preset or DEFAULT_PRESET)
+    dataset = None if args.data is None else ImageCaptionFolder(args.data)
+    if args.caption_field is None and dataset is not None:
+        args.caption_field = "caption"
+    # Options left out take `pretrain`'s defaults.
+    names = ("preset", "stages", "keep_ratio", "seed", "caption_field",
+             "learning_rate", "sequence_length")
+    options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    try:
+        pretrain(dataset=dataset, output_dir=args.output, **options)
+    except KeyError as error:  # a caption field the records do not have
+        raise CliError(error.args[0]) from None
+
+
+def run_caption(args):
+    from keras_ov2.training.pretrain import load_captioner
+    from keras_ov2.training.pretrain import resize
+    from keras_ov2.training.pretrain import tidy
+
+    import numpy as np
+
+    images = [read_image(path) for path in args.images]
+    folder = resolve(args.preset)
+    load_weights_note(args.preset, folder)
+    captioner = load_captioner(args.preset)
+    size = captioner.preprocessor.image_converter.image_size or (224, 224)
+    batch = np.stack([resize(image, size[0]) for image in images])
+    length = args.max_length or captioner.preprocessor.sequence_length
+    for path, caption in zip(args.images, captioner.generate(batch, max_length=length)):
+        print(f"{path}: {tidy(caption)}")
+
+
+def preset_image_size(folder):
+    """The image size a preset was trained at: its image converter, else its metadata."""
+    folder = Path(folder)
+    converter = folder / "image_converter.json"
+    if converter.is_file():
+        size = json.loads(converter.read_text())["config"].get("image_size")
+        if size:
+            return int(size[0])
+    metadata = folder / "metadata.json"
+    if metadata.is_file():
+        return json.loads(metadata.read_text()).get("image_size")
+    return None
+
+
+def run_embed(args):
+    import numpy as np
+
+    from keras_ov2 import OpenVision2Backbone
+    from keras_ov2 import OpenVision2ImageConverter
+    from keras_ov2.models import presets
+
+    images = [read_image(path) for path in args.images]
+    folder = resolve(args.preset)
+    size = args.image_size or ("://" not in folder and preset_image_size(folder))
+    if not size:
+        raise CliError(f"preset {args.preset!r} does not say its image size; pass --image-size.")
+    load_weights_note(args.preset, folder)
+    weights = "://" in folder or presets.has_weights(folder)
+    backbone = OpenVision2Backbone.from_preset(folder, load_weights=weights)
+    converter = OpenVision2ImageConverter(image_size=(size, size))
+    x = np.stack([np.asarray(converter(image)) for image in images])
+    outputs = backbone.predict(x, batch_size=args.batch_size, verbose=0)
+    features = outputs["sequence_output" if args.tokens else "pooled_output"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, features)
+    kind = "patch tokens" if args.tokens else "pooled features"
+    print(f"Wrote {kind} {features.shape} {features.dtype} of {len(images)} images to {out}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="ov2", description="OpenVision 2 for Keras 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("pretrain", help="pretrain a captioner by captioning alone")
+    p.add_argument("--preset", help="captioner preset name or folder (default: "
+                   "openvision2_captioner_tiny_patch14_84, random weights)")
+    p.add_argument("--data", help="folder with captions.jsonl (default: built-in synthetic scenes)")
+    p.add_argument("--caption-field", help='record field to caption (default "short_caption" '
+                   'for the built-in scenes, whose long "caption" a tiny model learns slowly; '
+                   '"caption" for --data)')
+    p.add_argument("--stages", type=parse_stages,
+                   help="image_size:steps:batch_size[:lr],... (default 84:300:32)")
+    p.add_argument("--keep-ratio", type=float, help="visual tokens kept in training (0.35)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help="preset folder to write")
+    p.add_argument("--seed", type=int, help="data order, initial weights, masking (0)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (2e-3)")
+    p.add_argument("--sequence-length", type=int, help="caption tokens (default: fit the data)")
+    p.set_defaults(run=run_pretrain)
+
+    p = commands.add_parser("caption", help="caption image files with a captioner preset")
+    p.add_argument("preset", help="captioner preset name or folder")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--max-length", type=int, help="tokens to generate (default: the preset's)")
+    p.set_defaults(run=run_caption)
+
+    p = commands.add_parser("embed", help="encode image files into features (.npy)")
+    p.add_argument("preset", help="encoder or captioner preset name or folder")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--image-size", type=int, help="default: the preset's")
+    p.add_argument("--tokens", action="store_true",
+                   help="save the patch tokens (B, N, D) instead of pooled (B, D)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(run=run_embed)
+    return parser
+
+
+def main(argv=None):
+    """Runs `ov2 ...`; returns 0, or exits with status 1 (bad input) or 2 (bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except CliError as error:
+        print(f"ov2 {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
