@@ -1,7 +1,8 @@
 """The `ov2` command: `ov2 pretrain`, `ov2 caption`, `ov2 embed`.
 
-Keras is imported only once a command runs, after KERAS_BACKEND defaults to
-"jax", so `ov2 --help` is quick and any backend can be chosen.
+KERAS_BACKEND defaults to "jax". Importing this module imports `keras_ov2`,
+hence Keras, first; so when the variable was unset and Keras came up on
+another backend (keras.json), `ov2` restarts itself once with it set.
 """
 
 import argparse
@@ -10,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+BACKEND_WAS_SET = "KERAS_BACKEND" in os.environ
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -122,21 +124,28 @@ def run_pretrain(args):
 
 
 def run_caption(args):
+    import numpy as np
+
     from keras_ov2.training.pretrain import load_captioner
     from keras_ov2.training.pretrain import resize
     from keras_ov2.training.pretrain import tidy
 
-    import numpy as np
-
     images = [read_image(path) for path in args.images]
     folder = resolve(args.preset)
+    if "://" not in folder and not (Path(folder) / "task.json").is_file():
+        raise CliError(
+            f"preset {args.preset!r} holds an encoder only (no task.json); `ov2 caption` "
+            "needs a captioner preset, such as the folder `ov2 pretrain` writes."
+        )
     load_weights_note(args.preset, folder)
     captioner = load_captioner(args.preset)
-    size = captioner.preprocessor.image_converter.image_size or (224, 224)
-    batch = np.stack([resize(image, size[0]) for image in images])
+    size = captioner.preprocessor.image_converter.image_size[0]
     length = args.max_length or captioner.preprocessor.sequence_length
-    for path, caption in zip(args.images, captioner.generate(batch, max_length=length)):
-        print(f"{path}: {tidy(caption)}")
+    for start in range(0, len(images), args.batch_size):
+        batch = np.stack([resize(image, size) for image in images[start : start + args.batch_size]])
+        captions = captioner.generate(batch, max_length=length)
+        for path, caption in zip(args.images[start:], captions):
+            print(f"{path}: {tidy(caption)}", flush=True)
 
 
 def preset_image_size(folder):
@@ -191,11 +200,11 @@ def build_parser():
                    'for the built-in scenes, whose long "caption" a tiny model learns slowly; '
                    '"caption" for --data)')
     p.add_argument("--stages", type=parse_stages,
-                   help="image_size:steps:batch_size[:lr],... (default 84:300:32)")
+                   help="image_size:steps:batch_size[:lr],... (default 84:1500:16)")
     p.add_argument("--keep-ratio", type=float, help="visual tokens kept in training (0.35)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="preset folder to write")
     p.add_argument("--seed", type=int, help="data order, initial weights, masking (0)")
-    p.add_argument("--learning-rate", type=float, help="peak learning rate (2e-3)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (5e-4)")
     p.add_argument("--sequence-length", type=int, help="caption tokens (default: fit the data)")
     p.set_defaults(run=run_pretrain)
 
@@ -203,6 +212,7 @@ def build_parser():
     p.add_argument("preset", help="captioner preset name or folder")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--max-length", type=int, help="tokens to generate (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(run=run_caption)
 
     p = commands.add_parser("embed", help="encode image files into features (.npy)")
@@ -217,10 +227,24 @@ def build_parser():
     return parser
 
 
+def restart_on_jax():
+    """Re-executes `ov2` with KERAS_BACKEND=jax (now in os.environ) when Keras
+    was imported, before this module, on another backend."""
+    import keras
+
+    if not BACKEND_WAS_SET and keras.backend.backend() != "jax":
+        os.execv(sys.executable, [sys.executable, "-m", "keras_ov2.cli", *sys.argv[1:]])
+
+
 def main(argv=None):
     """Runs `ov2 ...`; returns 0, or exits with status 1 (bad input) or 2 (bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the console script, not a call from Python
+        restart_on_jax()
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # Grain's read-ahead advice
     try:
         args.run(args)
     except CliError as error:

@@ -1,9 +1,11 @@
 """`pretrain`: OpenVision 2's captioning-only recipe, one resolution stage at a time."""
 
 import dataclasses
+import functools
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 import grain
@@ -38,16 +40,19 @@ class Stage:
                 raise ValueError(f"Stage {name} must be a positive integer; got {value!r}.")
 
 
-DEFAULT_STAGES = (Stage(image_size=84, steps=300, batch_size=32),)
+# About 4 minutes on 2 CPU cores with JAX (24,000 images, ~110 images/s).
+DEFAULT_STAGES = (Stage(image_size=84, steps=1500, batch_size=16),)
 
 
-def load_captioner(preset):
+def load_captioner(preset, **kwargs):
     """A captioner preset (name, folder or hub handle), with its weights when
-    the preset has some and with random weights when it holds configs only."""
+    the preset has some and with random weights when it holds configs only.
+    `kwargs` override the captioner's config (e.g. `keep_ratio`)."""
     if "://" in str(preset):
-        return OpenVision2Captioner.from_preset(preset)
+        return OpenVision2Captioner.from_preset(preset, **kwargs)
     folder = presets.resolve(str(preset), load_weights=False)
-    return OpenVision2Captioner.from_preset(folder, load_weights=presets.has_weights(folder))
+    weights = presets.has_weights(folder)
+    return OpenVision2Captioner.from_preset(folder, load_weights=weights, **kwargs)
 
 
 def resize(image, size):
@@ -95,7 +100,6 @@ class Progress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.total, self.window, self.start = 0.0, [], time.perf_counter()
-        self.window_start = None
 
     def on_train_batch_end(self, batch, logs=None):
         step = batch + 1
@@ -141,6 +145,12 @@ def tidy(caption):
     return re.sub(r" ([,.:;!?])", r"\1", caption).strip()
 
 
+def words_in_place(made, truth):
+    """Fraction of word positions where the two captions agree."""
+    made, truth = made.split(), truth.split()
+    return sum(a == b for a, b in zip(made, truth)) / max(len(made), len(truth), 1)
+
+
 def pretrain(
     preset=DEFAULT_PRESET,
     dataset=None,
@@ -149,11 +159,11 @@ def pretrain(
     output_dir="runs/ov2_pretrain",
     seed=0,
     caption_field="short_caption",
-    learning_rate=2e-3,
+    learning_rate=5e-4,
     sequence_length=None,
-    log_every=25,
+    log_every=None,
     num_samples=4,
-    print_fn=print,
+    print_fn=None,
 ):
     """Pretrains a captioner preset stage by stage, saves it to `output_dir`.
 
@@ -167,13 +177,14 @@ def pretrain(
 
     Returns a dict: "losses" [(stage, step, loss)], "loss_before",
     "loss_after", "output_dir", "samples" [(generated, truth)], "exact_match"
-    (fraction of the held-out batch captioned exactly right), "seconds".
+    (fraction of the held-out batch captioned exactly right), "words_in_place"
+    (see `words_in_place`), "seconds".
     """
+    print_fn = print_fn or functools.partial(print, flush=True)
     stages = [s if isinstance(s, Stage) else Stage(*s) for s in stages]
     if not stages:
         raise ValueError("pretrain needs at least one Stage.")
-    started = time.perf_counter()
-    final_size = stages[-1].image_size
+    started, final_size = time.perf_counter(), stages[-1].image_size
     if dataset is None:
         dataset = SyntheticScenes(100_000, image_size=max(s.image_size for s in stages), seed=seed)
     held_out = dataset.held_out(HELD_OUT_SIZE) if hasattr(dataset, "held_out") else dataset
@@ -185,10 +196,9 @@ def pretrain(
     truths = [str(r[caption_field]) for r in records]
 
     keras.utils.set_random_seed(seed)
-    captioner = load_captioner(preset)
+    captioner = load_captioner(preset, keep_ratio=keep_ratio)
     if captioner.preprocessor is None:
         raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
-    captioner.keep_ratio = captioner.token_masking.keep_ratio = keep_ratio
     if sequence_length is None:
         sample = truths + [str(dataset[i][caption_field]) for i in range(min(256, len(dataset)))]
         sequence_length = fitted_length(captioner.preprocessor, sample)
@@ -207,33 +217,33 @@ def pretrain(
                  f"({sequence_length} tokens)")
         captioner.start_stage(stage.image_size, total_steps=stage.steps,
                               learning_rate=lr, warmup_steps=warmup)
-        progress = Progress(label, stage.steps, stage.batch_size, log_every, print_fn)
+        every = log_every or max(1, stage.steps // 12)
+        progress = Progress(label, stage.steps, stage.batch_size, every, print_fn)
         ds = stage_dataset(dataset, stage, caption_field, seed + index)
-        captioner.fit(ds, steps_per_epoch=stage.steps, epochs=1, verbose=0,
-                      callbacks=[progress])
+        with warnings.catch_warnings():  # the pooled output's norm is unused here
+            warnings.filterwarnings("ignore", "Gradients do not exist for variables")
+            captioner.fit(ds, steps_per_epoch=stage.steps, epochs=1, verbose=0,
+                          callbacks=[progress], shuffle=False)  # Grain shuffles
         losses += [(index, step, loss) for step, loss in progress.history]
     loss_after = held_out_loss(captioner, images, truths)
     print_fn(f"Held-out loss: {loss_before:.3f} -> {loss_after:.3f}")
 
     output_dir = Path(output_dir)
+    captioner.compile(learning_rate=learning_rate)  # a fresh optimizer: not saved
     captioner.save_to_preset(str(output_dir))
     generated = [tidy(c) for c in captioner.generate(
         images, max_length=captioner.preprocessor.sequence_length)]
     exact = float(np.mean([g == t for g, t in zip(generated, truths)]))
+    words = float(np.mean([words_in_place(g, t) for g, t in zip(generated, truths)]))
     samples = list(zip(generated, truths))[:num_samples]
     print_fn("Held-out captions (generated | true):")
     for made, truth in samples:
         print_fn(f"  {'ok ' if made == truth else '   '} {made} | {truth}")
-    print_fn(f"Exactly right: {exact:.0%} of {len(truths)} held-out images.")
-    result = {
-        "losses": losses,
-        "loss_before": loss_before,
-        "loss_after": loss_after,
-        "output_dir": str(output_dir),
-        "samples": samples,
-        "exact_match": exact,
-        "seconds": time.perf_counter() - started,
-    }
+    print_fn(f"Exactly right: {exact:.0%} of {len(truths)} held-out images; words in "
+             f"place: {words:.0%}.")
+    result = dict(losses=losses, loss_before=loss_before, loss_after=loss_after,
+                  output_dir=str(output_dir), samples=samples, exact_match=exact,
+                  words_in_place=words, seconds=time.perf_counter() - started)
     (output_dir / "pretrain_log.json").write_text(json.dumps(result, indent=2))
     print_fn(f"Saved the captioner preset to {output_dir} ({result['seconds']:.0f} s).")
     return result

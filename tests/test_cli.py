@@ -1,0 +1,175 @@
+"""`ov2 pretrain | caption | embed`, run in-process on the current backend."""
+
+import contextlib
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_ov2
+from keras_ov2 import cli
+from keras_ov2.data import SyntheticScenes
+
+IMAGE_SIZE = 56  # 4 x 4 patches of 14 px
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory):
+    """A captioner preset much smaller than the shipped tiny one (fast to
+    compile on every backend), saved with its random weights."""
+    folder = tmp_path_factory.mktemp("tiny_captioner")
+    preprocessor = keras_ov2.OpenVision2CaptionerPreprocessor(
+        keras_ov2.OpenVision2Tokenizer(),
+        keras_ov2.OpenVision2ImageConverter(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
+        sequence_length=64,
+    )
+    captioner = keras_ov2.OpenVision2Captioner(
+        keras_ov2.OpenVision2Backbone(
+            patch_size=14, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64
+        ),
+        keras_ov2.OpenVision2TextDecoder(30522, 32, 1, 2, 64),
+        preprocessor=preprocessor,
+    )
+    captioner.save_to_preset(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_preset, tmp_path_factory):
+    """`ov2 pretrain` for 3 steps: (output folder, what it printed)."""
+    output = tmp_path_factory.mktemp("run") / "preset"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(
+            ["pretrain", "--preset", str(tiny_preset), "--stages", f"{IMAGE_SIZE}:3:4",
+             "--output", str(output)]
+        )
+    assert code == 0
+    return output, printed.getvalue()
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    """Three scene images of different sizes and modes (RGB, grey, RGBA)."""
+    scenes = SyntheticScenes(3, image_size=100, seed=5)
+    paths = []
+    for i, mode in enumerate(("RGB", "L", "RGBA")):
+        path = tmp_path / f"scene_{i}.png"
+        image = Image.fromarray(scenes[i]["image"]).resize((100 - 20 * i,) * 2)
+        image.convert(mode).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def fails(argv, capsys):
+    """Runs `ov2 argv`, expects a non-zero exit; returns its stderr."""
+    with pytest.raises(SystemExit) as raised:
+        cli.main(argv)
+    assert raised.value.code not in (0, None)
+    return capsys.readouterr().err
+
+
+def test_pretrain_writes_a_preset_that_loads(pretrained, tiny_preset):
+    output, printed = pretrained
+    log = json.loads((output / "pretrain_log.json").read_text())
+    assert log["loss_after"] < log["loss_before"]
+    assert f"Held-out loss: {log['loss_before']:.3f} -> {log['loss_after']:.3f}" in printed
+    assert [step for _, step, _ in log["losses"]] == [2, 3]  # step 1 compiles
+    assert len(log["samples"]) == 4 and all(truth for _, truth in log["samples"])
+
+    trained = keras_ov2.OpenVision2Captioner.from_preset(str(output))
+    initial = keras_ov2.OpenVision2Captioner.from_preset(str(tiny_preset))
+    assert trained.keep_ratio == 0.35
+    # Short captions (<= 8 word-pieces) + [bos], [eos], [CLS]: 12 of the 64 slots.
+    assert trained.preprocessor.sequence_length == 12
+    assert trained.preprocessor.image_converter.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+    head = lambda model: keras.ops.convert_to_numpy(model.decoder.head.kernel)  # noqa: E731
+    assert not np.allclose(head(trained), head(initial))
+
+
+def test_caption_prints_one_line_per_image(pretrained, image_files, capsys):
+    output, _ = pretrained
+    assert cli.main(["caption", str(output), *image_files]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(image_files)
+    for line, path in zip(lines, image_files):
+        assert line.startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_embed_writes_features_of_the_preset_size(tiny_preset, image_files, tmp_path, tokens):
+    out = tmp_path / "features.npy"
+    argv = ["embed", str(tiny_preset), *image_files, "--out", str(out)]
+    assert cli.main(argv + (["--tokens"] if tokens else [])) == 0
+    features = np.load(out)
+    assert features.shape == ((3, 16, 32) if tokens else (3, 32))
+
+    backbone = keras_ov2.OpenVision2Backbone.from_preset(str(tiny_preset))
+    converter = keras_ov2.OpenVision2ImageConverter(image_size=(IMAGE_SIZE, IMAGE_SIZE))
+    image = cli.read_image(image_files[0])
+    expected = backbone.predict(np.asarray(converter(image))[None], verbose=0)
+    key = "sequence_output" if tokens else "pooled_output"
+    np.testing.assert_allclose(features[0], expected[key][0], atol=1e-5)
+
+
+def test_embed_image_size_option_and_shipped_preset(image_files, tmp_path):
+    out = tmp_path / "tokens.npy"
+    preset = "openvision_vit_tiny_patch16_160"  # configs only: random weights
+    assert cli.main(["embed", preset, image_files[0], "--out", str(out), "--tokens"]) == 0
+    assert np.load(out).shape == (1, 100, 192)  # 160 px: the preset's metadata
+    argv = ["embed", preset, image_files[0], "--out", str(out), "--image-size", "64"]
+    assert cli.main(argv + ["--tokens"]) == 0
+    assert np.load(out).shape == (1, 16, 192)
+
+
+def test_bad_images_and_encoder_preset_for_caption(tiny_preset, image_files, tmp_path, capsys):
+    missing = str(tmp_path / "nope.png")
+    err = fails(["caption", str(tiny_preset), image_files[0], missing], capsys)
+    assert f"image file not found: {missing}" in err
+    err = fails(["caption", "openvision_vit_tiny_patch16_160", image_files[0]], capsys)
+    assert "holds an encoder only" in err
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    err = fails(["embed", str(tiny_preset), str(broken), "--out", str(tmp_path / "f.npy")], capsys)
+    assert f"cannot read {broken} as an image" in err
+    assert not (tmp_path / "f.npy").exists()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "caption", "embed"])
+def test_unknown_preset(command, image_files, tmp_path, capsys):
+    name = "openvision2_captioner_tiny_patch14_8"
+    argv = {
+        "pretrain": ["pretrain", "--preset", name, "--output", str(tmp_path / "out")],
+        "caption": ["caption", name, image_files[0]],
+        "embed": ["embed", name, image_files[0], "--out", str(tmp_path / "f.npy")],
+    }[command]
+    err = fails(argv, capsys)
+    assert f"Unknown preset {name!r}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_pretrain_options(tiny_preset, tmp_path, capsys):
+    preset = ["--preset", str(tiny_preset), "--output", str(tmp_path / "out")]
+    assert "bad stage '84:x:32'" in fails(["pretrain", "--stages", "84:x:32"] + preset, capsys)
+    assert "bad stage '84:0:32'" in fails(["pretrain", "--stages", "84:0:32"] + preset, capsys)
+    err = fails(["pretrain", "--data", str(tmp_path)] + preset, capsys)
+    assert "captions.jsonl" in err
+    err = fails(["pretrain", "--caption-field", "title", "--stages", "56:1:2"] + preset, capsys)
+    assert "no caption field 'title'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_folder_source(image_files, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [{"image": f"../{p.split('/')[-1]}", "caption": f"scene {i}"}
+            for i, p in enumerate(image_files)]
+    (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    source = cli.ImageCaptionFolder(folder)
+    assert len(source) == 3
+    record = source[1]
+    assert record["caption"] == "scene 1"
+    assert record["image"].shape == (80, 80, 3) and record["image"].dtype == np.uint8
