@@ -72,7 +72,9 @@ def decode_image(data, key=None, min_side=MIN_SIDE, max_pixels=MAX_PIXELS,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise BadRecord("image_too_large", str(error), key) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+    except UnidentifiedImageError:
+        raise BadRecord("unreadable_image", "not a format Pillow reads", key) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise BadRecord("unreadable_image", str(error) or type(error).__name__, key) from None
 
 
