@@ -127,7 +127,7 @@ def run_caption(args):
     import numpy as np
 
     from keras_ov2.training.pretrain import load_captioner
-    from keras_ov2.training.pretrain import resize
+    from keras_ov2.data.augment import resize
     from keras_ov2.training.pretrain import tidy
 
     images = [read_image(path) for path in args.images]
@@ -224,6 +224,10 @@ def build_parser():
                    help="save the patch tokens (B, N, D) instead of pooled (B, D)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(run=run_embed)
+
+    from keras_ov2.data.cli import add_data_parser
+
+    add_data_parser(commands, CliError)
     return parser
 
 

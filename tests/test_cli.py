@@ -158,7 +158,7 @@ def test_bad_pretrain_options(tiny_preset, tmp_path, capsys):
     err = fails(["pretrain", "--data", str(tmp_path)] + preset, capsys)
     assert "captions.jsonl" in err
     err = fails(["pretrain", "--caption-field", "title", "--stages", "56:1:2"] + preset, capsys)
-    assert "no caption field 'title'" in err
+    assert "no field 'title'; it has ['caption'," in err
     assert not (tmp_path / "out").exists()
 
 

@@ -8,12 +8,15 @@ import time
 import warnings
 from pathlib import Path
 
-import grain
 import keras
 import numpy as np
-from PIL import Image
 
 from keras_ov2.data import SyntheticScenes
+from keras_ov2.data.augment import resize
+from keras_ov2.data.decode import BadRecord
+from keras_ov2.data.decode import check_record
+from keras_ov2.data.decode import decode_caption
+from keras_ov2.data.pipeline import make_pretraining_dataset
 from keras_ov2.models import presets
 from keras_ov2.models.openvision2_captioner import OpenVision2Captioner
 
@@ -53,38 +56,6 @@ def load_captioner(preset, **kwargs):
     folder = presets.resolve(str(preset), load_weights=False)
     weights = presets.has_weights(folder)
     return OpenVision2Captioner.from_preset(folder, load_weights=weights, **kwargs)
-
-
-def resize(image, size):
-    """uint8 (H, W, 3) -> uint8 (size, size, 3), PIL bilinear (antialiased)."""
-    image = np.asarray(image)
-    if image.shape[:2] == (size, size) and image.dtype == np.uint8:
-        return image
-    pil = Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    return np.asarray(pil.resize((size, size), Image.BILINEAR))
-
-
-class ImageCaption:
-    """Record dict -> (uint8 image at `image_size`, caption str); picklable."""
-
-    def __init__(self, image_size, caption_field):
-        self.image_size = image_size
-        self.caption_field = caption_field
-
-    def __call__(self, record):
-        return resize(record["image"], self.image_size), str(record[self.caption_field])
-
-
-def stage_dataset(source, stage, caption_field, seed):
-    """A shuffled, endless Grain pipeline of (images, captions) batches."""
-    return (
-        grain.MapDataset.source(source)
-        .seed(seed)
-        .shuffle()
-        .map(ImageCaption(stage.image_size, caption_field))
-        .repeat()
-        .batch(stage.batch_size, drop_remainder=True)
-    )
 
 
 class Progress(keras.callbacks.Callback):
@@ -132,6 +103,39 @@ def held_out_loss(captioner, images, captions):
     return float(logs["loss"])
 
 
+def held_out_pairs(source, caption_field, image_size):
+    """Up to HELD_OUT_SIZE good (image, caption) pairs of `source`, resized."""
+    images, captions, missing = [], [], []
+    for index in range(len(source)):
+        try:
+            image, caption = check_record(source[index], caption_field)
+        except BadRecord as error:
+            if error.reason == "missing_caption":
+                missing.append(error)
+            continue
+        images.append(resize(image, image_size))
+        captions.append(caption)
+        if len(images) == HELD_OUT_SIZE:
+            break
+    if not images:
+        detail = f" ({missing[0]})" if missing else ""
+        raise KeyError(f"No usable record with a caption field {caption_field!r}{detail}.")
+    return np.stack(images), captions
+
+
+def known_captions(source, caption_field, count):
+    """The good captions among the first `count` records (every one of a list)."""
+    captions = []
+    for index in range(min(count, len(source))):
+        value = source[index].get(caption_field)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            try:
+                captions.append(decode_caption(item))
+            except BadRecord:
+                pass
+    return captions
+
+
 def fitted_length(preprocessor, captions):
     """The preset's caption length, or less when the captions are shorter:
     the longest one + [bos], [eos] and [CLS], rounded up to a multiple of 4.
@@ -163,17 +167,24 @@ def pretrain(
     sequence_length=None,
     log_every=None,
     num_samples=4,
+    augment=None,
+    num_workers=0,
     print_fn=None,
 ):
     """Pretrains a captioner preset stage by stage, saves it to `output_dir`.
 
-    `dataset`: a random-access source of records with "image" (uint8
-    (H, W, 3)) and `caption_field`; None uses the built-in `SyntheticScenes`,
+    `dataset`: a random-access source of raw records (see
+    `keras_ov2.data.decode`: "image" as encoded bytes or a uint8 array, and
+    `caption_field`); None uses the built-in `SyntheticScenes`,
     whose held-out scenes (`held_out()`) give the before/after loss and the
     sample captions (for another source, its first records do, and they are
     seen in training). `caption_field`: "short_caption" by default (a tiny
     model learns it in minutes; "caption" is the long, detailed one).
     `sequence_length`: None fits it to the captions (see `fitted_length`).
+    `augment`: the authors' Inception crop + colour jitter; None turns it on
+    except for the synthetic scenes, whose captions state colours and
+    positions that jitter and crops would make false. `num_workers`: Grain
+    worker processes for decoding and augmentation.
 
     Returns a dict: "losses" [(stage, step, loss)], "loss_before",
     "loss_after", "output_dir", "samples" [(generated, truth)], "exact_match"
@@ -188,19 +199,16 @@ def pretrain(
     if dataset is None:
         dataset = SyntheticScenes(100_000, image_size=max(s.image_size for s in stages), seed=seed)
     held_out = dataset.held_out(HELD_OUT_SIZE) if hasattr(dataset, "held_out") else dataset
-    records = [held_out[i] for i in range(min(HELD_OUT_SIZE, len(held_out)))]
-    if caption_field not in records[0]:
-        raise KeyError(f"Records have no caption field {caption_field!r}; they have "
-                       f"{sorted(records[0])}.")
-    images = np.stack([resize(r["image"], final_size) for r in records])
-    truths = [str(r[caption_field]) for r in records]
+    if augment is None:
+        augment = not isinstance(dataset, SyntheticScenes)
+    images, truths = held_out_pairs(held_out, caption_field, final_size)
 
     keras.utils.set_random_seed(seed)
     captioner = load_captioner(preset, keep_ratio=keep_ratio)
     if captioner.preprocessor is None:
         raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
     if sequence_length is None:
-        sample = truths + [str(dataset[i][caption_field]) for i in range(min(256, len(dataset)))]
+        sample = truths + known_captions(dataset, caption_field, 256)
         sequence_length = fitted_length(captioner.preprocessor, sample)
     captioner.preprocessor.sequence_length = sequence_length
 
@@ -219,12 +227,16 @@ def pretrain(
                               learning_rate=lr, warmup_steps=warmup)
         every = log_every or max(1, stage.steps // 12)
         progress = Progress(label, stage.steps, stage.batch_size, every, print_fn)
-        ds = stage_dataset(dataset, stage, caption_field, seed + index)
+        ds = make_pretraining_dataset(dataset, stage.image_size, stage.batch_size,
+                                      caption_field, seed=seed + index,
+                                      augment_images=augment, num_workers=num_workers)
         with warnings.catch_warnings():  # the pooled output's norm is unused here
             warnings.filterwarnings("ignore", "Gradients do not exist for variables")
             captioner.fit(ds, steps_per_epoch=stage.steps, epochs=1, verbose=0,
                           callbacks=[progress], shuffle=False)  # Grain shuffles
         losses += [(index, step, loss) for step, loss in progress.history]
+        if ds.skipped.total:
+            print_fn(f"{label} bad records {ds.skipped.summary()}")
     loss_after = held_out_loss(captioner, images, truths)
     print_fn(f"Held-out loss: {loss_before:.3f} -> {loss_after:.3f}")
 
