@@ -115,7 +115,7 @@ def run_pretrain(args):
         args.caption_field = "caption"
     # Options left out take `pretrain`'s defaults.
     names = ("preset", "stages", "keep_ratio", "seed", "caption_field",
-             "learning_rate", "sequence_length")
+             "learning_rate", "sequence_length", "augment", "num_workers")
     options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     try:
         pretrain(dataset=dataset, output_dir=args.output, **options)
@@ -206,6 +206,11 @@ def build_parser():
     p.add_argument("--seed", type=int, help="data order, initial weights, masking (0)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (5e-4)")
     p.add_argument("--sequence-length", type=int, help="caption tokens (default: fit the data)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="Inception crop + colour jitter (default: on, off for the built-in "
+                   "scenes, whose captions state colours and positions)")
+    p.add_argument("--workers", dest="num_workers", type=int,
+                   help="Grain worker processes for decoding and augmentation (0)")
     p.set_defaults(run=run_pretrain)
 
     p = commands.add_parser("caption", help="caption image files with a captioner preset")
