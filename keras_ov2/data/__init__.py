@@ -7,3 +7,13 @@ from keras_ov2.data.synthetic_scenes import RELATIONS
 from keras_ov2.data.synthetic_scenes import SHAPES
 from keras_ov2.data.synthetic_scenes import SIZES
 from keras_ov2.data.synthetic_scenes import SyntheticScenes
+from keras_ov2.data.array_record_source import ArrayRecordSource
+from keras_ov2.data.build import build_array_record
+from keras_ov2.data.jsonl_folder_source import JsonlFolderSource
+from keras_ov2.data.parquet_source import ParquetSource
+from keras_ov2.data.record_format import RecordFormatError
+from keras_ov2.data.record_format import decode_record
+from keras_ov2.data.record_format import encode_record
+from keras_ov2.data.source_base import SourceError
+from keras_ov2.data.sources import open_source
+from keras_ov2.data.webdataset_source import WebDatasetSource

@@ -1,0 +1,71 @@
+"""`ov2 data build`: check a user's image-caption data and store it as ArrayRecord shards."""
+
+import argparse
+import functools
+
+from keras_ov2.data.build import build_array_record
+from keras_ov2.data.source_base import SourceError
+from keras_ov2.data.sources import LAYOUTS
+from keras_ov2.data.sources import open_source
+from keras_ov2.data.synthetic_scenes import SyntheticScenes
+
+SYNTHETIC = "synthetic:"
+
+
+def add_data_parser(subparsers, error):
+    """Registers `ov2 data`. `error` is the CLI's exception for bad input
+    (`keras_ov2.cli.CliError`), passed in because the CLI may run as __main__,
+    where importing keras_ov2.cli would give a second, uncaught class."""
+    data = subparsers.add_parser("data", help="prepare image-caption data for pretraining")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    p = commands.add_parser(
+        "build", help="check records and write the good ones as ArrayRecord shards",
+        description=f"Reads SOURCE, skips the records pretraining could not use (counted by "
+        f"reason) and writes the rest to OUT_DIR as ArrayRecord shards. SOURCE is "
+        f"synthetic:N (N built-in scenes) or image-caption data; {LAYOUTS}.",
+    )
+    p.add_argument("source", metavar="SOURCE",
+                   help="synthetic:N, a folder, a file or a quoted glob")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the shards and summary.json")
+    p.add_argument("--caption-field", action="append", dest="caption_fields", metavar="FIELD",
+                   help='field every record needs a good caption in (default "caption"; '
+                   "repeat for several); the other text fields are kept too")
+    p.add_argument("--records-per-shard", type=positive_int, default=10_000, metavar="N",
+                   help="records per shard file (default 10000)")
+    p.add_argument("--name", default="data", help="shard name prefix (default data)")
+    p.set_defaults(run=functools.partial(run_build, error=error))
+
+
+def is_positive(text):
+    return text.isdigit() and int(text) > 0
+
+
+def positive_int(text):
+    if not is_positive(text):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def open_cli_source(text, error):
+    """SOURCE of `ov2 data build` -> a source, or `error` naming it."""
+    if text.startswith(SYNTHETIC):
+        count = text[len(SYNTHETIC):]
+        if not is_positive(count):
+            raise error(f"{text}: expected synthetic:N with N a positive number of scenes.")
+        return SyntheticScenes(int(count))
+    try:
+        return open_source(text)
+    except SourceError as problem:
+        raise error(str(problem)) from None
+
+
+def run_build(args, error):
+    source = open_cli_source(args.source, error)
+    try:
+        summary = build_array_record(source, args.out_dir, args.caption_fields,
+                                     args.records_per_shard, args.name)
+    except FileExistsError as problem:
+        raise error(str(problem)) from None
+    if not summary["records_written"]:
+        raise error(f"{args.source}: no record passed the checks (skipped "
+                    f"{summary['skipped']}); nothing written to {args.out_dir}.")

@@ -1,0 +1,151 @@
+"""`build_array_record` and `ov2 data build`: good records stored as found, bad ones counted."""
+
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_ov2 import cli
+from keras_ov2.data import ArrayRecordSource
+from keras_ov2.data import JsonlFolderSource
+from keras_ov2.data import SyntheticScenes
+from keras_ov2.data import build_array_record
+from keras_ov2.data.decode import check_record
+
+
+def jpeg(seed):
+    """A noisy JPEG, different for each seed (so that stored bytes can be told apart)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+GOOD = 5
+# Planted bad records, each with the reason the build must count it under.
+BAD = {
+    "unreadable_image": {"image": "cut.jpg", "caption": "a truncated jpeg"},
+    "empty_image": {"image": "empty.jpg", "caption": "a zero-byte file"},
+    "missing_image": {"image": "gone.jpg", "caption": "no such file"},
+    "missing_caption": {"image": "0.jpg", "alt": "no caption field"},
+    "empty_caption": {"image": "0.jpg", "caption": "   "},
+}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A captions.jsonl folder: GOOD good records (one with two captions), the
+    BAD ones, and a line that is not JSON; good and bad interleaved."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(GOOD):
+        (folder / f"{i}.jpg").write_bytes(jpeg(i))
+    (folder / "cut.jpg").write_bytes(jpeg(99)[:200])
+    (folder / "empty.jpg").write_bytes(b"")
+    good = [{"image": f"{i}.jpg", "caption": f"picture number {i} ✓"} for i in range(GOOD)]
+    good[1]["caption"] = ["first of two", "second of two"]
+    lines = [json.dumps(row) for pair in zip(good, BAD.values()) for row in pair]
+    lines.append('{"image": "0.jpg", "caption": ')  # unreadable_record
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_build_writes_good_records_as_found_and_counts_bad_ones(folder, tmp_path):
+    out = tmp_path / "shards"
+    summary = build_array_record(JsonlFolderSource(folder), out, records_per_shard=2,
+                                 name="train", verbose=0)
+    assert summary["records_read"] == GOOD + len(BAD) + 1
+    assert summary["records_written"] == GOOD
+    assert Counter(summary["skipped"]) == Counter({**dict.fromkeys(BAD, 1), "unreadable_record": 1})
+    assert summary["shards"] == [f"train-0000{i}-of-00003.array_record" for i in range(3)]
+    assert summary["bytes"] == sum((out / name).stat().st_size for name in summary["shards"])
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert not list(out.glob(".*"))  # no partial shards left
+
+    built = ArrayRecordSource(str(out / "train-*.array_record"))
+    assert len(built) == GOOD
+    for i in range(GOOD):
+        record = built[i]
+        assert record["image"] == jpeg(i)  # the original bytes, not re-encoded
+        assert record["key"] == f"{i}.jpg"
+        check_record(record, "caption")
+    assert built[1]["caption"] == ["first of two", "second of two"]
+    assert built[4]["caption"] == "picture number 4 ✓"
+
+
+def test_build_checks_every_caption_field_and_every_caption(tmp_path):
+    image = jpeg(0)
+    records = [
+        {"image": image, "caption": "short", "long": ["a long one", "another"]},
+        {"image": image, "caption": "short"},  # no "long"
+        {"image": image, "caption": "short", "long": ["fine", " "]},  # one empty caption
+        {"image": image, "caption": "short", "long": [b"\xff"]},  # not UTF-8
+    ]
+    summary = build_array_record(records, tmp_path, caption_fields=["caption", "long"],
+                                 verbose=0)
+    assert summary["records_written"] == 1
+    assert summary["skipped"] == {"missing_caption": 1, "empty_caption": 1, "caption_not_utf8": 1}
+    assert ArrayRecordSource(str(tmp_path / "*.array_record"))[0]["long"] == records[0]["long"]
+
+
+def test_build_of_synthetic_scenes_stores_lossless_png(tmp_path):
+    scenes = SyntheticScenes(3, image_size=56)
+    summary = build_array_record(scenes, tmp_path, verbose=0)
+    built = ArrayRecordSource(str(tmp_path / "data-00000-of-00001.array_record"))
+    assert summary["records_written"] == len(built) == 3
+    for i in range(3):
+        record = built[i]
+        assert record["image"].startswith(b"\x89PNG")
+        image, caption = check_record(record, "caption")
+        np.testing.assert_array_equal(image, scenes[i]["image"])
+        assert caption == scenes[i]["caption"]
+        assert record["short_caption"] == scenes[i]["short_caption"]
+        assert record["key"] == f"SyntheticScenes/{i}"
+        assert "labels" not in record  # arrays are not text: left out
+
+
+def test_build_refuses_to_mix_with_existing_shards(tmp_path):
+    build_array_record(SyntheticScenes(1, image_size=56), tmp_path, verbose=0)
+    with pytest.raises(FileExistsError, match="data-00000-of-00001.array_record"):
+        build_array_record(SyntheticScenes(2, image_size=56), tmp_path, verbose=0)
+    summary = build_array_record(SyntheticScenes(2, image_size=56), tmp_path, name="more",
+                                 verbose=0)
+    assert summary["shards"] == ["more-00000-of-00001.array_record"]
+
+
+def test_cli_data_build(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["data", "build", str(folder), str(out), "--records-per-shard", "4", "--name", "web"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {GOOD} in 2 shards" in printed and "missing_image 1" in printed
+    assert len(ArrayRecordSource(str(out / "web-*.array_record"))) == GOOD
+
+    assert cli.main(["data", "build", "synthetic:3", str(tmp_path / "scenes"),
+                     "--caption-field", "short_caption", "--caption-field", "caption"]) == 0
+    summary = json.loads((tmp_path / "scenes" / "summary.json").read_text())
+    assert summary["records_written"] == 3
+    assert summary["caption_fields"] == ["short_caption", "caption"]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("{tmp}/missing/*.tar", "{tmp}/missing/*.tar: no such file"),
+    ("synthetic:none", "synthetic:none: expected synthetic:N"),
+    ("{tmp}/bad", "{tmp}/bad: no record passed the checks"),
+    ("{tmp}/out", "already holds data-00000-of-00001.array_record"),
+])
+def test_cli_data_build_errors(source, message, tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "captions.jsonl").write_text('{"image": "none.jpg", "caption": "x"}\n')
+    build_array_record(SyntheticScenes(1, image_size=56), tmp_path / "out", verbose=0)
+    source = source.format(tmp=tmp_path)
+    out = str(tmp_path / "out") if source.endswith("out") else str(tmp_path / "new")
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["data", "build", source, out])
+    assert raised.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ov2 data: error: ") and len(err.splitlines()) == 1
+    assert message.format(tmp=tmp_path) in err
