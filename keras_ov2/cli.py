@@ -59,36 +59,6 @@ def read_image(path):
         raise CliError(f"cannot read {path} as an image ({error})") from None
 
 
-class ImageCaptionFolder:
-    """`--data FOLDER`: FOLDER/captions.jsonl, one JSON object per line with
-    "image" (a path relative to FOLDER) and caption fields; a Grain source."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        index = self.folder / "captions.jsonl"
-        if not index.is_file():
-            raise CliError(
-                f"--data {folder}: expected a folder holding captions.jsonl (one "
-                '{"image": "file.jpg", "caption": "..."} per line); found no '
-                f"{index}. Leave --data out to use the built-in synthetic scenes."
-            )
-        lines = index.read_text(encoding="utf-8").splitlines()
-        try:
-            self.rows = [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as error:
-            raise CliError(f"{index} is not JSON lines: {error}") from None
-        if not self.rows or any("image" not in row for row in self.rows):
-            raise CliError(f'{index} needs rows, each with an "image" field.')
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        row = dict(self.rows[index])
-        row["image"] = read_image(self.folder / row["image"])
-        return row
-
-
 def load_weights_note(preset, folder):
     from keras_ov2.models import presets
 
@@ -105,12 +75,24 @@ def resolve(preset):
         raise CliError(str(error)) from None
 
 
+def open_data(path):
+    """`--data PATH` -> a source of raw records, or a CliError naming the layouts."""
+    from keras_ov2.data import SourceError
+    from keras_ov2.data import open_source
+
+    try:
+        return open_source(path)
+    except SourceError as error:
+        raise CliError(f"--data {path}: {error} Leave --data out to use the built-in "
+                       "synthetic scenes.") from None
+
+
 def run_pretrain(args):
     from keras_ov2.training import DEFAULT_PRESET
     from keras_ov2.training import pretrain
 
     resolve(args.preset or DEFAULT_PRESET)
-    dataset = None if args.data is None else ImageCaptionFolder(args.data)
+    dataset = None if args.data is None else open_data(args.data)
     if args.caption_field is None and dataset is not None:
         args.caption_field = "caption"
     # Options left out take `pretrain`'s defaults.
@@ -195,7 +177,9 @@ def build_parser():
     p = commands.add_parser("pretrain", help="pretrain a captioner by captioning alone")
     p.add_argument("--preset", help="captioner preset name or folder (default: "
                    "openvision2_captioner_tiny_patch14_84, random weights)")
-    p.add_argument("--data", help="folder with captions.jsonl (default: built-in synthetic scenes)")
+    p.add_argument("--data", help="image-caption data: ArrayRecord, WebDataset .tar or Parquet "
+                   "shards (a folder, file or quoted glob), or a folder with captions.jsonl "
+                   "(default: the built-in synthetic scenes)")
     p.add_argument("--caption-field", help='record field to caption (default "short_caption" '
                    'for the built-in scenes, whose long "caption" a tiny model learns slowly; '
                    '"caption" for --data)')
@@ -233,6 +217,9 @@ def build_parser():
     from keras_ov2.data.cli import add_data_parser
 
     add_data_parser(commands, CliError)
+    from keras_ov2.convert.cli import add_convert_parser
+
+    add_convert_parser(commands)
     return parser
 
 

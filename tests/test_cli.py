@@ -162,14 +162,18 @@ def test_bad_pretrain_options(tiny_preset, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_data_folder_source(image_files, tmp_path):
+def test_pretrain_on_a_data_folder_skips_and_reports_bad_records(tiny_preset, image_files,
+                                                                 tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
     rows = [{"image": f"../{p.split('/')[-1]}", "caption": f"scene {i}"}
             for i, p in enumerate(image_files)]
+    rows += [{"image": "../missing.png", "caption": "gone"}, {"image": rows[0]["image"]}]
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    source = cli.ImageCaptionFolder(folder)
-    assert len(source) == 3
-    record = source[1]
-    assert record["caption"] == "scene 1"
-    assert record["image"].shape == (80, 80, 3) and record["image"].dtype == np.uint8
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["pretrain", "--preset", str(tiny_preset), "--data", str(folder),
+                  "--stages", f"{IMAGE_SIZE}:4:3", "--output", str(tmp_path / "out")])
+    out = printed.getvalue()
+    assert "bad records" in out and "missing_image" in out and "missing_caption" in out
+    assert (tmp_path / "out" / "task.json").is_file()
