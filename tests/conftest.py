@@ -4,3 +4,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Load the backend before anything imports TensorFlow: with the torch build the
+# tests install (2.14.1, CUDA, with Triton), importing Triton after TensorFlow
+# crashes the interpreter, while the other order works.
+import keras  # noqa: E402, F401
