@@ -26,10 +26,16 @@ def has_weights(folder):
 def resolve(preset, load_weights=True):
     """Turns a preset name or folder into a path KerasHub can load.
 
-    Hub handles (`hf://...`, `kaggle://...`) pass through unchanged. A folder
-    without weights raises, when weights are asked for, an error that says
-    where the weights come from.
+    An `hf://` handle of an open_clip release is converted (and cached) by
+    `keras_ov2.convert`; other hub handles pass through unchanged. A released
+    preset without weights stands for its cached conversion if there is one;
+    else, when weights are asked for, it raises an error that says how to
+    get them.
     """
+    if preset.startswith("hf://"):
+        from keras_ov2.convert.to_preset import resolve_handle
+
+        return resolve_handle(preset)
     if "://" in preset:
         return preset
     folder = PRESETS_DIR / preset
@@ -47,12 +53,18 @@ def resolve(preset, load_weights=True):
             f"Unknown preset {preset!r}: it is neither a keras_ov2 preset "
             f"name nor a folder holding a config.json.{hint}"
         )
+    metadata = folder / "metadata.json"
+    source = metadata.exists() and json.loads(metadata.read_text()).get("source")
+    if source and not has_weights(folder):
+        from keras_ov2.convert.hub import converted_folder
+
+        if has_weights(converted_folder(source)):
+            return str(converted_folder(source))
     if load_weights and not has_weights(folder):
-        metadata = folder / "metadata.json"
-        source = metadata.exists() and json.loads(metadata.read_text()).get("source")
         origin = (
-            f" Its weights are the released checkpoint {source}: convert it "
-            "into a preset folder and load that folder,"
+            f" Its weights are the released checkpoint {source}: load that "
+            "handle to convert it on the fly, or download its files and run "
+            f"`ov2 convert FOLDER --preset {folder.name}`,"
             if source
             else " It is a configuration to pretrain from (see `ov2 pretrain`):"
         )
