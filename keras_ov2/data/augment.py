@@ -47,11 +47,20 @@ def inception_crop(image, size, rng, area_range=(0.4, 1.0)):
     return resize(image[top : top + h, left : left + w], size)
 
 
+def channel_max(x):
+    """Max over the 3 channels; elementwise, far faster than .max(-1) on a size-3 axis."""
+    return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
+
+
+def channel_min(x):
+    return np.minimum(np.minimum(x[..., 0], x[..., 1]), x[..., 2])
+
+
 def rgb_to_hsv(rgb):
     """float RGB in [0, 1] (..., 3) -> HSV in [0, 1] (hue as a fraction of a turn)."""
     r, g, b = np.moveaxis(rgb, -1, 0)
-    value = rgb.max(-1)
-    delta = value - rgb.min(-1)
+    value = channel_max(rgb)
+    delta = value - channel_min(rgb)
     safe = np.where(delta > 0, delta, 1.0)
     saturation = np.where(value > 0, delta / np.where(value > 0, value, 1.0), 0.0)
     hue = np.where(value == r, (g - b) / safe, np.where(value == g, 2.0 + (b - r) / safe,
@@ -81,9 +90,14 @@ def adjust_contrast(x, factor):
 
 
 def adjust_saturation(x, factor):
-    hsv = rgb_to_hsv(x)
-    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
-    return hsv_to_rgb(hsv)
+    """HSV saturation times `factor`, clipped to 1 (tf.image.adjust_saturation).
+    Hue and value fixed means every channel keeps its place between the
+    pixel's max and min, so the distance to the max scales by the saturation
+    ratio: one pass, no HSV round trip."""
+    value, low = channel_max(x)[..., None], channel_min(x)[..., None]
+    spread = value - low
+    ratio = np.minimum(factor, value / np.where(spread > 0, spread, 1.0))
+    return value - (value - x) * ratio
 
 
 def adjust_hue(x, delta):
