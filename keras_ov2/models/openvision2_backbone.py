@@ -4,6 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_ov2.distribution import layouts
 from keras_ov2.layers import ClassToken
 from keras_ov2.layers import PatchEmbedding
 from keras_ov2.layers import SinCos2DPositionEmbedding
@@ -143,6 +144,16 @@ class OpenVision2Backbone(keras_hub.models.Backbone):
             image_shape=self.image_shape,
         )
         return config
+
+    @staticmethod
+    def get_layout_map(device_mesh, config, mode="fsdp"):
+        """A `keras.distribution.LayoutMap` of this encoder for `mode`
+        ("data", "fsdp" or "tensor"; see `keras_ov2.distribution.layouts`).
+        `config` is the encoder's `get_config()`: the map must exist before
+        the model, which is built inside the distribution's scope.
+        """
+        variables = layouts.backbone_variables(config)
+        return layouts.make_layout_map(device_mesh, mode, variables)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):

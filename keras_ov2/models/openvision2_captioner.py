@@ -6,6 +6,7 @@ import numpy as np
 from keras import ops
 from keras_hub.src.utils.tensor_utils import any_equal
 
+from keras_ov2.distribution import layouts
 from keras_ov2.layers import ImageNormalization
 from keras_ov2.layers import ParallelPredictionMasking
 from keras_ov2.layers import VisualTokenMasking
@@ -15,6 +16,7 @@ from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
 from keras_ov2.models.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
+from keras_ov2.models.per_update_schedule import PerUpdateSchedule
 
 BERT_MASK_ID = 103
 
@@ -119,6 +121,7 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         total_steps=10_000,
         warmup_steps=None,
         weight_decay=0.2,
+        gradient_accumulation_steps=None,
         sampler="greedy",
         **kwargs,
     ):
@@ -128,6 +131,11 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         `total_steps`, no gradient clipping, and the caption loss (weight 2).
         Calling it again restarts the optimizer and the schedule, which is
         how a new resolution stage starts (see `start_stage`).
+
+        `gradient_accumulation_steps` N (>= 2): each update averages the
+        gradients of N batches, close to one N-times larger batch in the
+        memory of one. `total_steps` and `warmup_steps` count updates (fit
+        N times as many batches).
         """
         if optimizer == "auto":
             if warmup_steps is None:
@@ -139,12 +147,15 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
                 warmup_target=learning_rate,
                 warmup_steps=warmup_steps,
             )
+            if gradient_accumulation_steps:
+                schedule = PerUpdateSchedule(schedule, gradient_accumulation_steps)
             optimizer = keras.optimizers.AdamW(
                 learning_rate=schedule,
                 beta_1=0.9,
                 beta_2=0.95,
                 epsilon=1e-8,
                 weight_decay=weight_decay,
+                gradient_accumulation_steps=gradient_accumulation_steps,
             )
             optimizer.exclude_from_weight_decay(
                 var_list=[
@@ -251,6 +262,15 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
             )
         return np.concatenate(scores)
 
+    @staticmethod
+    def get_layout_map(device_mesh, config, mode="fsdp"):
+        """A `keras.distribution.LayoutMap` of the encoder and the decoder
+        (see `OpenVision2Backbone.get_layout_map`); `config` is the
+        captioner's `get_config()`, or the "config" of a preset's task.json.
+        """
+        variables = layouts.captioner_variables(config)
+        return layouts.make_layout_map(device_mesh, mode, variables)
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Loads a captioner preset by name or folder (see `from_preset` of
@@ -271,5 +291,11 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["decoder"] = keras.layers.deserialize(config["decoder"])
+        decoder = config["decoder"]
+        if isinstance(config["backbone"], dict):
+            # `from_preset(dtype=...)` sets the backbone's policy only; the
+            # decoder follows it (e.g. "mixed_bfloat16"; its head stays float32).
+            dtype = config["backbone"]["config"]["dtype"]
+            decoder = {**decoder, "config": {**decoder["config"], "dtype": dtype}}
+        config["decoder"] = keras.layers.deserialize(decoder)
         return super().from_config(config)

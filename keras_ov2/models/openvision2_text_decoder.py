@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_ov2.distribution import layouts
 from keras_ov2.layers import TransformerBlock
 
 # (width, depth, MLP width, heads) of the authors' `text_decoder_v2` variants.
@@ -126,6 +127,15 @@ class OpenVision2TextDecoder(keras.layers.Layer):
             )
         width, depth, mlp, heads = DECODER_VARIANTS[variant]
         return cls(vocabulary_size, width, depth, heads, mlp, **kwargs)
+
+    @staticmethod
+    def get_layout_map(device_mesh, config, mode="fsdp", visual_dim=None):
+        """A `keras.distribution.LayoutMap` of this decoder for `mode`
+        (see `OpenVision2Backbone.get_layout_map`). `visual_dim`, the width
+        of the visual tokens, lets "fsdp" split the visual projection on it.
+        """
+        variables = layouts.decoder_variables(config, visual_dim)
+        return layouts.make_layout_map(device_mesh, mode, variables)
 
     def build(self, visual_tokens_shape, token_ids_shape=None):
         self.visual_projection = keras.layers.Dense(

@@ -1,0 +1,7 @@
+"""Scaling out on the Keras distribution API (JAX): data-parallel, FSDP and
+tensor-parallel layouts, the distribution for each, and per-host data shards."""
+
+from keras_ov2.distribution.data_sharding import data_shard
+from keras_ov2.distribution.data_sharding import per_host_batch_size
+from keras_ov2.distribution.distribute import make_distribution
+from keras_ov2.distribution.layouts import MODES
