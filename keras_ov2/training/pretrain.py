@@ -104,9 +104,11 @@ def held_out_loss(captioner, images, captions):
 
 
 def held_out_pairs(source, caption_field, image_size):
-    """Up to HELD_OUT_SIZE good (image, caption) pairs of `source`, resized."""
+    """Up to HELD_OUT_SIZE good (image, caption) pairs among the first
+    records of `source`, resized. The search is bounded, so that a caption
+    field no record has fails at once instead of reading a whole corpus."""
     images, captions, missing = [], [], []
-    for index in range(len(source)):
+    for index in range(min(len(source), 8 * HELD_OUT_SIZE)):
         try:
             image, caption = check_record(source[index], caption_field)
         except BadRecord as error:
