@@ -1,5 +1,6 @@
 import importlib.resources
 import json
+from pathlib import Path
 
 import keras
 import keras_hub
@@ -117,7 +118,9 @@ def test_by_name_and_by_folder_give_the_same_architecture():
     by_name = build_without_weights("openvision2_vit_large_patch14_224")
     folder = importlib.resources.files("keras_ov2") / "presets" / "openvision2_vit_large_patch14_224"
     by_folder = build_without_weights(str(folder))
+    by_path = build_without_weights(Path(str(folder)))
     assert by_name.get_config() | {"name": ""} == by_folder.get_config() | {"name": ""}
+    assert by_path.get_config() | {"name": ""} == by_folder.get_config() | {"name": ""}
     assert by_name.hidden_dim == 1024 and by_name.num_layers == 24
 
 

@@ -30,8 +30,9 @@ def resolve(preset, load_weights=True):
     `keras_ov2.convert`; other hub handles pass through unchanged. A released
     preset without weights stands for its cached conversion if there is one;
     else, when weights are asked for, it raises an error that says how to
-    get them.
+    get them. `preset` may be a `str` or a `pathlib.Path`.
     """
+    preset = str(preset)
     if preset.startswith("hf://"):
         from keras_ov2.convert.to_preset import resolve_handle
 

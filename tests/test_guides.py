@@ -1,0 +1,177 @@
+"""The guides: their notebooks are what `guides/make_notebooks.py` makes of
+them, and each guide runs top to bottom (small settings, in a subprocess)
+and prints and writes what its text describes."""
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDES = ROOT / "guides"
+GUIDE_NAMES = ("quickstart", "released_checkpoints", "pretraining")
+
+spec = importlib.util.spec_from_file_location("make_notebooks", GUIDES / "make_notebooks.py")
+make_notebooks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_notebooks)
+
+
+def test_every_guide_is_listed():
+    assert [p.stem for p in make_notebooks.guide_paths()] == sorted(GUIDE_NAMES)
+
+
+@pytest.mark.parametrize("name", GUIDE_NAMES)
+def test_committed_notebook_matches_the_guide(name):
+    notebook = GUIDES / f"{name}.ipynb"
+    assert notebook.exists(), f"{notebook} is missing: run python guides/make_notebooks.py"
+    assert notebook.read_text() == make_notebooks.notebook_text(GUIDES / f"{name}.py"), (
+        f"{notebook} is stale: run python guides/make_notebooks.py"
+    )
+
+
+@pytest.mark.parametrize("name", GUIDE_NAMES)
+def test_notebook_holds_the_guide(name):
+    """Header cell, pip cell, then every line of the guide's code in order."""
+    path = GUIDES / f"{name}.py"
+    notebook = json.loads(make_notebooks.notebook_text(path))
+    assert notebook["nbformat"] == 4
+    cells = notebook["cells"]
+    header = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and header.startswith("# ")
+    assert "**Author:** keras_ov2 team" in header and "**Accelerator:**" in header
+    assert "".join(cells[1]["source"]).splitlines()[-1].startswith("!pip install -q git+")
+    code = "\n".join("".join(c["source"]) for c in cells[2:] if c["cell_type"] == "code")
+    ast.parse(code)  # the code cells, joined, are valid Python
+    source_code = [line for line in path.read_text().splitlines() if line.strip()]
+    notebook_lines = [line for line in code.splitlines() if line.strip()]
+    assert all(line in source_code for line in notebook_lines)
+    assert len(notebook_lines) > 20 and all(c["outputs"] == [] for c in cells
+                                            if c["cell_type"] == "code")
+
+
+def test_cells_split_at_module_level_strings(tmp_path):
+    guide = tmp_path / "demo.py"
+    guide.write_text(
+        '"""\nTitle: Demo\nAuthor: keras_ov2 team\nDate created: 2026/01/01\n'
+        'Last modified: 2026/01/02\nDescription: A demo.\nAccelerator: GPU\n"""\n'
+        '"""\n## Setup\n"""\n\nimport os\n\n\ndef f():\n    """Not a cell."""\n'
+        '    return 1\n\n"""\nText.\n"""\n\nx = f()\n'
+    )
+    cells = [(c["cell_type"], "".join(c["source"]))
+             for c in make_notebooks.notebook(guide)["cells"]]
+    assert [kind for kind, _ in cells] == ["markdown", "code", "markdown", "code",
+                                           "markdown", "code"]
+    assert cells[0][1].splitlines()[0] == "# Demo"
+    assert "**Date created:** 2026/01/01<br>" in cells[0][1]
+    assert cells[3][1] == 'import os\n\n\ndef f():\n    """Not a cell."""\n    return 1'
+    assert cells[4][1] == "Text." and cells[5][1] == "x = f()"
+    assert make_notebooks.notebook(guide)["metadata"]["accelerator"] == "GPU"
+
+
+def test_header_fields_are_required(tmp_path):
+    guide = tmp_path / "bad.py"
+    guide.write_text('"""\nTitle: Demo\nAuthor: me\n"""\nx = 1\n')
+    with pytest.raises(ValueError, match="Date created, Last modified"):
+        make_notebooks.notebook(guide)
+
+
+# --- Running the guides ------------------------------------------------------
+
+# Guides run once, in the jax run of the suite: a guide that shows other
+# backends (the quickstart) starts them itself, in subprocesses.
+only_on_jax = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="the guides are executed in the jax run only (the quickstart runs "
+    "TensorFlow and PyTorch itself, in subprocesses)",
+)
+
+
+def run_guide(name, folder):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "KERAS_OV2_GUIDE_SMALL": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg",
+           "KERAS_OV2_CACHE": str(folder / "cache")}
+    result = subprocess.run([sys.executable, str(GUIDES / f"{name}.py")], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (
+        f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result.stdout
+
+
+def check_png(path, min_size):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert min(image.size) >= min_size
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.std() > 5  # not blank
+
+
+def number(pattern, text):
+    match = re.search(pattern, text)
+    assert match, f"no {pattern!r} in the output:\n{text[-3000:]}"
+    return float(match.group(1))
+
+
+@only_on_jax
+def test_quickstart_runs(tmp_path):
+    out = run_guide("quickstart", tmp_path)
+    assert "openvision2_vit_large_patch14_224          302.9M  224" in out
+    assert "has no weights" in out  # the honest offline answer for released weights
+    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
+        number(r"Held-out loss before training: ([\d.]+)", out)
+    assert "sequence_output  (8, 36, 128)" in out and "224 px: (8, 256, 128)" in out
+    for backend in ("tensorflow", "torch"):
+        tokens = number(rf"\n{backend} +([\d.e+-]+) ", out)
+        pooled = number(rf"\n{backend} +[\d.e+-]+ +([\d.e+-]+)", out)
+        assert tokens < 1e-4 and pooled < 1e-4
+    assert "encoder tokens: (1, 256, 128) -> tokens the decoder sees: (1, 89, 128)" in out
+    assert "256 patches, 89 kept per step" in out
+    assert 0 < number(r"kept in both steps: (\d+)", out) < 89  # a fresh subset per step
+    check_png(tmp_path / "token_masking.png", 300)
+    assert len(re.findall(r"\n.{45} \| \w", out)) >= 8  # the caption table
+    assert "the photo: " in out
+    for row in ("colour+shape", "colour", "shape"):
+        accuracy = number(rf"\n{re.escape(row)} +(\d+)%", out)
+        assert 0 <= accuracy <= 100
+
+
+@only_on_jax
+def test_released_checkpoints_runs(tmp_path):
+    pytest.importorskip("open_clip", reason="open_clip_torch (the test extra) is not installed")
+    out = run_guide("released_checkpoints", tmp_path)
+    assert sorted(os.listdir(tmp_path / "release")) == ["open_clip_config.json",
+                                                        "open_clip_pytorch_model.bin"]
+    assert "outputs: ['pooled_output', 'sequence_output']" in out  # proj dropped
+    assert number(r"sequence_output +\(2, 256, 1024\) +([\d.e+-]+)", out) < 1e-4
+    assert number(r"pooled_output +\(2, 1024\) +([\d.e+-]+)", out) < 1e-4
+    assert "penultimate patch tokens: (2, 256, 1024)" in out
+    assert "last block == sequence_output: True" in out
+    assert "visual embeddings for the language model: (2, 256, 256)" in out
+    for key in ("sequence_output", "pooled_output"):
+        assert number(rf"on the export, {key}: max \|diff\| ([\d.e+-]+)", out) < 1e-4
+    assert "Keras -> open_clip -> Keras, weights identical: True" in out
+
+
+@only_on_jax
+def test_pretraining_runs(tmp_path):
+    out = run_guide("pretraining", tmp_path)
+    assert "written 198 of 200, skipped {'unreadable_image': 1, 'empty_caption': 1}" in out
+    assert "ArrayRecordSource 198 records" in out
+    assert "batch: (8, 84, 84, 3) uint8" in out
+    check_png(tmp_path / "augmented_batch.png", 300)
+    assert "[stage 2/2, 224 px] step 4/4" in out
+    rows = re.findall(r"\n +(\d) +(84|224) +([\d.]+) +([\d.]+)", out)
+    assert [(r[0], r[1]) for r in rows] == [("1", "84"), ("2", "224")]
+    assert float(rows[0][3]) < float(rows[0][2])  # the loss fell in stage 1
+    check_png(tmp_path / "training_curves.png", 300)
+    log = json.loads((tmp_path / "ov2_two_stage" / "pretrain_log.json").read_text())
+    assert log["loss_after"] < log["loss_before"]
+    assert {stage for stage, _, _ in log["losses"]} == {0, 1}
