@@ -43,6 +43,16 @@ def parse_stages(text):
     return stages
 
 
+def parse_mesh(text):
+    """"data=4,model=2" or '{"data": 4, "model": 2}' -> {"data": 4, "model": 2}."""
+    from keras_ov2.training.setup import parse_mesh as parse
+
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def read_image(path):
     """An image file -> uint8 (H, W, 3) RGB array, or a CliError naming the file."""
     import numpy as np
@@ -87,6 +97,20 @@ def open_data(path):
                        "synthetic scenes.") from None
 
 
+def check_mesh(mesh, layout, preset):
+    """Fails early, in one line, on a mesh the devices or the backend cannot
+    take; on several hosts the devices are known after initialization only."""
+    from keras_ov2.distribution import make_distribution
+    from keras_ov2.training.setup import MULTI_HOST_VARIABLES
+
+    if any(name in os.environ for name in MULTI_HOST_VARIABLES):
+        return
+    try:
+        make_distribution(mesh, layout or "data", model=preset)
+    except (ValueError, RuntimeError) as error:
+        raise CliError(f"--mesh {mesh} --layout {layout or 'data'}: {error}") from None
+
+
 def run_pretrain(args):
     from keras_ov2.training import DEFAULT_PRESET
     from keras_ov2.training import pretrain
@@ -97,12 +121,21 @@ def run_pretrain(args):
         args.caption_field = "caption"
     # Options left out take `pretrain`'s defaults.
     names = ("preset", "stages", "keep_ratio", "seed", "caption_field",
-             "learning_rate", "sequence_length", "augment", "num_workers")
+             "learning_rate", "sequence_length", "augment", "num_workers", "mesh",
+             "layout", "checkpoint_dir", "checkpoint_every", "keep_checkpoints")
     options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.checkpoint_every and not args.checkpoint_dir:
+        raise CliError("--checkpoint-every needs --checkpoint-dir.")
+    if args.mesh is not None or args.layout is not None:
+        check_mesh(args.mesh, args.layout, args.preset or DEFAULT_PRESET)
+    from keras_ov2.training.checkpoint import CheckpointError
+
     try:
         pretrain(dataset=dataset, output_dir=args.output, **options)
     except KeyError as error:  # a caption field the records do not have
         raise CliError(error.args[0]) from None
+    except CheckpointError as error:
+        raise CliError(f"--checkpoint-dir {args.checkpoint_dir}: {error}") from None
 
 
 def run_caption(args):
@@ -195,6 +228,15 @@ def build_parser():
                    "scenes, whose captions state colours and positions)")
     p.add_argument("--workers", dest="num_workers", type=int,
                    help="Grain worker processes for decoding and augmentation (0)")
+    p.add_argument("--mesh", type=parse_mesh, help="device mesh, data=N[,model=M] or JSON "
+                   '{"data": N, "model": M} (JAX; default: one device); batch sizes are global')
+    p.add_argument("--layout", choices=("data", "fsdp", "tensor"),
+                   help="how the mesh splits the model (default data: replicated)")
+    p.add_argument("--checkpoint-dir", help="save checkpoints there, and resume from the "
+                   "latest one found there")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints (default: only at the end of each stage)")
+    p.add_argument("--keep-checkpoints", type=int, help="checkpoints kept (3)")
     p.set_defaults(run=run_pretrain)
 
     p = commands.add_parser("caption", help="caption image files with a captioner preset")
@@ -220,6 +262,9 @@ def build_parser():
     from keras_ov2.convert.cli import add_convert_parser
 
     add_convert_parser(commands)
+    from keras_ov2.evaluation.cli import add_eval_parser
+
+    add_eval_parser(commands, CliError)
     return parser
 
 

@@ -16,9 +16,9 @@ from keras_ov2.data.augment import resize
 from keras_ov2.data.decode import BadRecord
 from keras_ov2.data.decode import check_record
 from keras_ov2.data.decode import decode_caption
-from keras_ov2.data.pipeline import make_pretraining_dataset
-from keras_ov2.models import presets
-from keras_ov2.models.openvision2_captioner import OpenVision2Captioner
+from keras_ov2.training.resume import RunCheckpoints
+from keras_ov2.training.setup import load_captioner
+from keras_ov2.training.setup import setup_training
 
 DEFAULT_PRESET = "openvision2_captioner_tiny_patch14_84"
 HELD_OUT_SIZE = 32  # held-out scenes for the before/after loss and the caption accuracy
@@ -47,39 +47,29 @@ class Stage:
 DEFAULT_STAGES = (Stage(image_size=84, steps=1500, batch_size=16),)
 
 
-def load_captioner(preset, **kwargs):
-    """A captioner preset (name, folder or hub handle), with its weights when
-    the preset has some and with random weights when it holds configs only.
-    `kwargs` override the captioner's config (e.g. `keep_ratio`)."""
-    if "://" in str(preset):
-        return OpenVision2Captioner.from_preset(preset, **kwargs)
-    folder = presets.resolve(str(preset), load_weights=False)
-    weights = presets.has_weights(folder)
-    return OpenVision2Captioner.from_preset(folder, load_weights=weights, **kwargs)
-
-
 class Progress(keras.callbacks.Callback):
     """Prints the mean loss and the images/s of every `every` steps. Keras'
     per-batch `loss` is the running mean of the epoch (constant batch size
-    here), so each step's loss is recovered by differencing."""
+    here), so each step's loss is recovered by differencing. A resumed stage
+    starts after `first_step`."""
 
-    def __init__(self, label, steps, batch_size, every, print_fn):
+    def __init__(self, label, steps, batch_size, every, print_fn, first_step=0):
         super().__init__()
         self.label, self.steps, self.batch_size = label, steps, batch_size
-        self.every, self.print_fn = every, print_fn
+        self.every, self.print_fn, self.first_step = every, print_fn, first_step
         self.history = []  # (step, mean loss over the window)
 
     def on_train_begin(self, logs=None):
         self.total, self.window, self.start = 0.0, [], time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = batch + 1
-        total = float(logs["loss"]) * step
+        step = self.first_step + batch + 1
+        total = float(logs["loss"]) * (batch + 1)
         self.window.append(total - self.total)
         self.total = total
         now = time.perf_counter()
-        if step == 1:  # the first step includes compiling the train function
-            self.print_fn(f"{self.label} step 1/{self.steps}: loss {self.window[0]:.3f} "
+        if batch == 0:  # the first step includes compiling the train function
+            self.print_fn(f"{self.label} step {step}/{self.steps}: loss {self.window[0]:.3f} "
                           f"(compiled in {now - self.start:.1f} s)")
             self.window, self.window_start, self.window_steps = [], now, 0
             return
@@ -172,6 +162,12 @@ def pretrain(
     augment=None,
     num_workers=0,
     print_fn=None,
+    mesh=None,
+    layout=None,
+    checkpoint_dir=None,
+    checkpoint_every=None,
+    keep_checkpoints=3,
+    callbacks=(),
 ):
     """Pretrains a captioner preset stage by stage, saves it to `output_dir`.
 
@@ -187,6 +183,16 @@ def pretrain(
     except for the synthetic scenes, whose captions state colours and
     positions that jitter and crops would make false. `num_workers`: Grain
     worker processes for decoding and augmentation.
+
+    `mesh` and `layout`: train on several devices (see `setup_training`):
+    the captioner is built in the distribution's scope and each host reads
+    its shard; a stage's `batch_size` is then the global batch.
+    `checkpoint_dir`: save there every `checkpoint_every` steps and at the
+    end of each stage, keeping the last `keep_checkpoints` (see
+    `keras_ov2.training.checkpoint`), and resume from the latest checkpoint
+    found there: weights, optimizer, stage, step, data order and masking
+    randomness, so the run goes on as if never stopped. `callbacks`: more
+    Keras callbacks for every stage's `fit`.
 
     Returns a dict: "losses" [(stage, step, loss)], "loss_before",
     "loss_after", "output_dir", "samples" [(generated, truth)], "exact_match"
@@ -206,58 +212,78 @@ def pretrain(
     images, truths = held_out_pairs(held_out, caption_field, final_size)
 
     keras.utils.set_random_seed(seed)
-    captioner = load_captioner(preset, keep_ratio=keep_ratio)
-    if captioner.preprocessor is None:
-        raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
-    if sequence_length is None:
-        sample = truths + known_captions(dataset, caption_field, 256)
-        sequence_length = fitted_length(captioner.preprocessor, sample)
-    captioner.preprocessor.sequence_length = sequence_length
+    setup = setup_training(preset, mesh, layout, keep_ratio=keep_ratio)
+    # Keras lays out variables (metrics' too) when it creates them, and fit,
+    # evaluate and generate split batches: all inside the distribution.
+    with setup.scope():
+        captioner = setup.captioner
+        if captioner.preprocessor is None:
+            raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
+        if sequence_length is None:
+            sample = truths + known_captions(dataset, caption_field, 256)
+            sequence_length = fitted_length(captioner.preprocessor, sample)
+        captioner.preprocessor.sequence_length = sequence_length
 
-    captioner.compile(learning_rate=learning_rate, total_steps=1)
-    loss_before = held_out_loss(captioner, images, truths)
-    print_fn(f"Held-out loss before training: {loss_before:.3f}")
-    losses = []
-    for index, stage in enumerate(stages):
-        label = f"[stage {index + 1}/{len(stages)}, {stage.image_size} px]"
-        lr = stage.learning_rate or learning_rate
-        warmup = stage.warmup_steps or max(1, stage.steps // 20)
-        print_fn(f"{label} {stage.steps} steps of {stage.batch_size} images, peak lr "
-                 f"{lr:g}, keep ratio {keep_ratio:g}, captions: {caption_field!r} "
-                 f"({sequence_length} tokens)")
-        captioner.start_stage(stage.image_size, total_steps=stage.steps,
-                              learning_rate=lr, warmup_steps=warmup)
-        every = log_every or max(1, stage.steps // 12)
-        progress = Progress(label, stage.steps, stage.batch_size, every, print_fn)
-        ds = make_pretraining_dataset(dataset, stage.image_size, stage.batch_size,
-                                      caption_field, seed=seed + index,
-                                      augment_images=augment, num_workers=num_workers)
-        with warnings.catch_warnings():  # the pooled output's norm is unused here
-            warnings.filterwarnings("ignore", "Gradients do not exist for variables")
-            captioner.fit(ds, steps_per_epoch=stage.steps, epochs=1, verbose=0,
-                          callbacks=[progress], shuffle=False)  # Grain shuffles
-        losses += [(index, step, loss) for step, loss in progress.history]
-        if ds.skipped.total:
-            print_fn(f"{label} bad records {ds.skipped.summary()}")
-    loss_after = held_out_loss(captioner, images, truths)
-    print_fn(f"Held-out loss: {loss_before:.3f} -> {loss_after:.3f}")
+        captioner.compile(learning_rate=learning_rate, total_steps=1)
+        loss_before = held_out_loss(captioner, images, truths)
+        print_fn(f"Held-out loss before training: {loss_before:.3f}")
+        run = dict(stages=[dataclasses.asdict(s) for s in stages], seed=seed, keep_ratio=keep_ratio,
+                   caption_field=caption_field, learning_rate=learning_rate,
+                   sequence_length=sequence_length, augment=augment, dataset_size=len(dataset))
+        checkpoints = RunCheckpoints(checkpoint_dir, checkpoint_every, run,
+                                     [s.steps for s in stages], keep_checkpoints, print_fn)
+        resumed = checkpoints.resume(captioner)
+        if resumed:
+            print_fn(f"Resumed from {resumed}: stage {checkpoints.stage + 1}, step "
+                     f"{checkpoints.stage_step}/{stages[checkpoints.stage].steps}")
+        losses = list(checkpoints.losses)
+        for index, stage in enumerate(stages):
+            label = f"[stage {index + 1}/{len(stages)}, {stage.image_size} px]"
+            done = checkpoints.steps_done(index)
+            if done == stage.steps:
+                print_fn(f"{label} trained before the checkpoint")
+                continue
+            lr = stage.learning_rate or learning_rate
+            warmup = stage.warmup_steps or max(1, stage.steps // 20)
+            print_fn(f"{label} {stage.steps} steps of {stage.batch_size} images, peak lr "
+                     f"{lr:g}, keep ratio {keep_ratio:g}, captions: {caption_field!r} "
+                     f"({sequence_length} tokens)")
+            captioner.start_stage(stage.image_size, total_steps=stage.steps,
+                                  learning_rate=lr, warmup_steps=warmup)
+            every = log_every or max(1, stage.steps // 12)
+            progress = Progress(label, stage.steps, stage.batch_size, every, print_fn, done)
+            ds = setup.dataset(dataset, stage.image_size, stage.batch_size, caption_field,
+                               seed=seed + index, augment_images=augment, num_workers=num_workers)
+            with warnings.catch_warnings():  # the pooled output's norm is unused here
+                warnings.filterwarnings("ignore", "Gradients do not exist for variables")
+                batches = checkpoints.start_stage(index, captioner, ds)
+                saving = checkpoints.callback(index, batches, lambda: losses + [
+                    (index, *item) for item in progress.history])
+                captioner.fit(batches, steps_per_epoch=stage.steps - done, epochs=1, verbose=0,
+                              callbacks=[progress, *filter(None, [saving]), *callbacks],
+                              shuffle=False)  # Grain shuffles
+            losses += [(index, step, loss) for step, loss in progress.history]
+            if ds.skipped.total:
+                print_fn(f"{label} bad records {ds.skipped.summary()}")
+        loss_after = held_out_loss(captioner, images, truths)
+        print_fn(f"Held-out loss: {loss_before:.3f} -> {loss_after:.3f}")
 
-    output_dir = Path(output_dir)
-    captioner.compile(learning_rate=learning_rate)  # a fresh optimizer: not saved
-    captioner.save_to_preset(str(output_dir))
-    generated = [tidy(c) for c in captioner.generate(
-        images, max_length=captioner.preprocessor.sequence_length)]
-    exact = float(np.mean([g == t for g, t in zip(generated, truths)]))
-    words = float(np.mean([words_in_place(g, t) for g, t in zip(generated, truths)]))
-    samples = list(zip(generated, truths))[:num_samples]
-    print_fn("Held-out captions (generated | true):")
-    for made, truth in samples:
-        print_fn(f"  {'ok ' if made == truth else '   '} {made} | {truth}")
-    print_fn(f"Exactly right: {exact:.0%} of {len(truths)} held-out images; words in "
-             f"place: {words:.0%}.")
-    result = dict(losses=losses, loss_before=loss_before, loss_after=loss_after,
-                  output_dir=str(output_dir), samples=samples, exact_match=exact,
-                  words_in_place=words, seconds=time.perf_counter() - started)
-    (output_dir / "pretrain_log.json").write_text(json.dumps(result, indent=2))
-    print_fn(f"Saved the captioner preset to {output_dir} ({result['seconds']:.0f} s).")
-    return result
+        output_dir = Path(output_dir)
+        captioner.compile(learning_rate=learning_rate)  # a fresh optimizer: not saved
+        captioner.save_to_preset(str(output_dir))
+        generated = [tidy(c) for c in captioner.generate(
+            images, max_length=captioner.preprocessor.sequence_length)]
+        exact = float(np.mean([g == t for g, t in zip(generated, truths)]))
+        words = float(np.mean([words_in_place(g, t) for g, t in zip(generated, truths)]))
+        samples = list(zip(generated, truths))[:num_samples]
+        print_fn("Held-out captions (generated | true):")
+        for made, truth in samples:
+            print_fn(f"  {'ok ' if made == truth else '   '} {made} | {truth}")
+        print_fn(f"Exactly right: {exact:.0%} of {len(truths)} held-out images; words in "
+                 f"place: {words:.0%}.")
+        result = dict(losses=losses, loss_before=loss_before, loss_after=loss_after,
+                      output_dir=str(output_dir), samples=samples, exact_match=exact,
+                      words_in_place=words, seconds=time.perf_counter() - started)
+        (output_dir / "pretrain_log.json").write_text(json.dumps(result, indent=2))
+        print_fn(f"Saved the captioner preset to {output_dir} ({result['seconds']:.0f} s).")
+        return result
