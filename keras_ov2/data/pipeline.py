@@ -21,6 +21,7 @@ from keras_ov2.data import augment
 from keras_ov2.data.decode import REASONS
 from keras_ov2.data.decode import BadRecord
 from keras_ov2.data.decode import check_record
+from keras_ov2.data.decode import record_caption
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Skipped:
 
 class PretrainingTransform:
     """Raw record -> (uint8 image (size, size, 3), caption str), or `Skipped`.
+    With a tuple of caption fields the caption is a tuple of str, one per field.
     A Grain `RandomMapTransform`-style callable: picklable, no Keras."""
 
     def __init__(self, image_size, caption_field="caption", augment_images=True,
@@ -47,7 +49,11 @@ class PretrainingTransform:
 
     def __call__(self, record, rng):
         try:
-            image, caption = check_record(record, self.caption_field, rng, **self.image_limits)
+            fields = self.caption_field
+            fields = (fields,) if isinstance(fields, str) else fields
+            image, caption = check_record(record, fields[0], rng, **self.image_limits)
+            if len(fields) > 1:
+                caption = (caption, *(record_caption(record, f, rng) for f in fields[1:]))
         except BadRecord as error:
             return Skipped(error)
         if not self.augment_images:
@@ -110,8 +116,11 @@ def allow_grain_workers():
 
 
 def stack_batch(elements):
-    """[(image, caption), ...] -> (uint8 (B, H, W, 3), str array (B,))."""
+    """[(image, caption), ...] -> (uint8 (B, H, W, 3), str array (B,)); a
+    tuple of captions per image gives a tuple of str arrays, one per field."""
     images, captions = zip(*elements)
+    if isinstance(captions[0], tuple):
+        return np.stack(images), tuple(np.array(c, dtype=object) for c in zip(*captions))
     return np.stack(images), np.array(captions, dtype=object)
 
 
@@ -140,7 +149,9 @@ def make_pretraining_dataset(
         image_size: training resolution (square).
         batch_size: images per batch on this host (global batch / hosts).
         caption_field: the record field to caption; a list value gives one
-            caption drawn per use.
+            caption drawn per use. A tuple of fields (e.g. `("short_caption",
+            "caption")` for `OpenVision1Preprocessor`) gives batches
+            `(images, (captions of field 1, captions of field 2, ...))`.
         augment_images: Inception crop + SimCLR jitter/grayscale (the
             authors' recipe) when True; a plain resize when False.
         num_epochs: None repeats forever (pass `steps_per_epoch` to `fit`).

@@ -16,7 +16,7 @@ from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
 from keras_ov2.models.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
-from keras_ov2.models.per_update_schedule import PerUpdateSchedule
+from keras_ov2.models.recipe_optimizer import recipe_optimizer
 
 BERT_MASK_ID = 103
 
@@ -138,29 +138,13 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         N times as many batches).
         """
         if optimizer == "auto":
-            if warmup_steps is None:
-                warmup_steps = max(1, total_steps // 250)
-            schedule = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0,
-                decay_steps=max(1, total_steps - warmup_steps),
-                alpha=0.0,
-                warmup_target=learning_rate,
-                warmup_steps=warmup_steps,
-            )
-            if gradient_accumulation_steps:
-                schedule = PerUpdateSchedule(schedule, gradient_accumulation_steps)
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=schedule,
-                beta_1=0.9,
-                beta_2=0.95,
-                epsilon=1e-8,
-                weight_decay=weight_decay,
-                gradient_accumulation_steps=gradient_accumulation_steps,
-            )
-            optimizer.exclude_from_weight_decay(
-                var_list=[
-                    v for v in self.trainable_variables if not v.path.endswith("kernel")
-                ]
+            optimizer = recipe_optimizer(
+                self,
+                learning_rate,
+                total_steps,
+                warmup_steps,
+                weight_decay,
+                gradient_accumulation_steps,
             )
         if loss == "auto":
             loss = CaptionLoss()

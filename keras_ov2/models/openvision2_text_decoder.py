@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_ov2.distribution import layouts
-from keras_ov2.layers import TransformerBlock
+from keras_ov2.models.text_transformer import text_transformer_layers
 
 # (width, depth, MLP width, heads) of the authors' `text_decoder_v2` variants.
 DECODER_VARIANTS = {
@@ -89,21 +89,14 @@ class OpenVision2TextDecoder(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="token_embedding",
         )
-        self.transformer_layers = [
-            TransformerBlock(
-                num_heads,
-                intermediate_dim,
-                activation="gelu_approximate",
-                layer_norm_epsilon=layer_norm_epsilon,
-                attention_initializer=normal(width),
-                attention_output_initializer=normal(width * 24**-0.5),
-                mlp_initializer=normal((2 * hidden_dim) ** -0.5),
-                mlp_output_initializer=normal(width * 24**-0.5),
-                dtype=self.dtype_policy,
-                name=f"transformer_layer_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        self.transformer_layers = text_transformer_layers(
+            hidden_dim,
+            num_layers,
+            num_heads,
+            intermediate_dim,
+            layer_norm_epsilon,
+            self.dtype_policy,
+        )
         self.decoder_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon,
             dtype=self.dtype_policy,

@@ -1,0 +1,251 @@
+"""OpenVision v1 pretraining task: two towers, dual contrastive loss, captioner."""
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+from keras_ov2.layers import ImageNormalization
+from keras_ov2.layers.contrastive_logits import ContrastiveLogits
+from keras_ov2.layers.contrastive_logits import l2_normalize
+from keras_ov2.models import presets
+from keras_ov2.models.caption_loss import CaptionLoss
+from keras_ov2.models.contrastive_loss import dual_contrastive_loss
+from keras_ov2.models.openvision1_preprocessor import OpenVision1Preprocessor
+from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.recipe_optimizer import recipe_optimizer
+
+
+@keras.saving.register_keras_serializable(package="keras_ov2")
+class OpenVisionCLIPS(keras_hub.models.Task):
+    """Pretrains an `OpenVision2Backbone` (with its v1 `projection_dim` head)
+    the OpenVision v1 way, CLIPS-style.
+
+    uint8 images -> ImageNet normalisation -> encoder: patch tokens and the
+    projected pooled embedding. Web caption and one synthetic sentence ->
+    the same `OpenVision1TextEncoder`. Outputs a dict:
+    - `"web_logits"`, `"sentence_logits"`: (B, B) `exp(t) * cos` between
+      every image and every web caption / sentence of the batch;
+    - `"caption_logits"`: (B, C, vocabulary) from `OpenVision1CaptionDecoder`,
+      conditioned on all patch tokens and the web caption's token features.
+
+    Loss = `clip_loss_weight` (1) x dual contrastive loss + CaptionLoss with
+    weight `caption_loss_weight` (2) on the detailed caption; `fit` also
+    reports both parts ("clip_loss", "caption_loss"). The contrastive loss
+    runs over the batch the model sees: under `keras.distribution` on JAX
+    that is the global batch (XLA gathers the embeddings), which is what the
+    authors' all-gather computes.
+
+    Inputs are the preprocessor's `{"images": uint8 (B, H, W, 3),
+    "web_token_ids": int32 (B, L), "sentence_token_ids": int32 (B, L)}`.
+
+    Args:
+        backbone: an `OpenVision2Backbone` with `projection_dim`.
+        text_encoder: an `OpenVision1TextEncoder` with the same
+            `projection_dim`.
+        decoder: an `OpenVision1CaptionDecoder`.
+        preprocessor: an `OpenVision1Preprocessor` or None.
+        clip_loss_weight, caption_loss_weight: floats (1 and 2).
+    """
+
+    backbone_cls = OpenVision2Backbone
+    preprocessor_cls = OpenVision1Preprocessor
+
+    def __init__(
+        self,
+        backbone,
+        text_encoder,
+        decoder,
+        preprocessor=None,
+        clip_loss_weight=1.0,
+        caption_loss_weight=2.0,
+        **kwargs,
+    ):
+        check_parts(backbone, text_encoder, decoder, preprocessor)
+        # === Config === (first: the base class compiles, which reads it)
+        self.clip_loss_weight = clip_loss_weight
+        self.caption_loss_weight = caption_loss_weight
+
+        # === Layers ===
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.preprocessor = preprocessor
+        self.image_normalization = ImageNormalization(
+            dtype=backbone.dtype_policy, name="image_normalization"
+        )
+        self.contrastive_logits = ContrastiveLogits(name="contrastive_logits")
+
+        # === Functional Model ===
+        images = keras.Input((None, None, 3), dtype="uint8", name="images")
+        web_ids = keras.Input((None,), dtype="int32", name="web_token_ids")
+        sentence_ids = keras.Input((None,), dtype="int32", name="sentence_token_ids")
+        image = self.backbone(self.image_normalization(images))
+        # Separate calls of one encoder: no op mixes samples, so this equals
+        # the authors' single call on the 2B concatenated texts.
+        web = self.text_encoder(web_ids)
+        sentence = self.text_encoder(sentence_ids)
+        outputs = {
+            "web_logits": self.contrastive_logits(
+                image["projected_output"], web["projected_output"]
+            ),
+            "sentence_logits": self.contrastive_logits(
+                image["projected_output"], sentence["projected_output"]
+            ),
+            "caption_logits": self.decoder(
+                image["sequence_output"], web["sequence_output"]
+            ),
+        }
+        super().__init__(
+            inputs={
+                "images": images,
+                "web_token_ids": web_ids,
+                "sentence_token_ids": sentence_ids,
+            },
+            outputs=outputs,
+            **kwargs,
+        )
+        # `call` checks images itself, with errors that say what was expected.
+        self.input_spec = None
+
+        self.clip_loss_tracker = keras.metrics.Mean(name="clip_loss")
+        self.caption_loss_tracker = keras.metrics.Mean(name="caption_loss")
+
+    def call(self, inputs, training=None, mask=None):
+        check_uint8_images(inputs["images"])
+        return super().call(inputs, training=training, mask=mask)
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        learning_rate=1e-3,
+        total_steps=10_000,
+        warmup_steps=None,
+        weight_decay=0.2,
+        gradient_accumulation_steps=None,
+        **kwargs,
+    ):
+        """Defaults to the authors' recipe (see `recipe_optimizer`: AdamW
+        0.9/0.95, decay 0.2 on kernels only, warmup + cosine) and the
+        caption loss; the contrastive part is added in `compute_loss`."""
+        if optimizer == "auto":
+            optimizer = recipe_optimizer(
+                self,
+                learning_rate,
+                total_steps,
+                warmup_steps,
+                weight_decay,
+                gradient_accumulation_steps,
+            )
+        if loss == "auto":
+            loss = CaptionLoss(weight=self.caption_loss_weight)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        caption = super().compute_loss(
+            x, y, y_pred["caption_logits"], sample_weight, training=training
+        )
+        clip = dual_contrastive_loss(y_pred["web_logits"], y_pred["sentence_logits"])
+        self.clip_loss_tracker.update_state(clip)
+        self.caption_loss_tracker.update_state(caption)
+        return self.clip_loss_weight * clip + caption
+
+    def encode_images(self, images, batch_size=32):
+        """Images -> L2-normalised embeddings, float32 NumPy (B, E).
+
+        Raw images go through the preprocessor's image converter; without a
+        preprocessor they must be uint8 (B, H, W, 3) already.
+        """
+        if self.preprocessor is not None:
+            images = self.preprocessor.preprocess_images(images)
+        check_uint8_images(images)
+        embeddings = []
+        for start in range(0, len(images), batch_size):
+            batch = self.image_normalization(images[start : start + batch_size])
+            embedding = self.backbone(batch)["projected_output"]
+            embeddings.append(ops.convert_to_numpy(l2_normalize(embedding)))
+        return np.concatenate(embeddings)
+
+    def encode_texts(self, texts, batch_size=32):
+        """Strings -> L2-normalised embeddings, float32 NumPy (B, E)."""
+        if self.preprocessor is None:
+            raise ValueError("encode_texts() needs a preprocessor to tokenize texts.")
+        token_ids = self.preprocessor.tokenize_texts(list(texts))
+        embeddings = []
+        for start in range(0, len(token_ids), batch_size):
+            output = self.text_encoder(token_ids[start : start + batch_size])
+            embeddings.append(
+                ops.convert_to_numpy(l2_normalize(output["projected_output"]))
+            )
+        return np.concatenate(embeddings)
+
+    def similarity(self, images, texts):
+        """Cosine similarity (num_images, num_texts), float32 NumPy: rank texts
+        per image (retrieval) or take the argmax over class prompts
+        (zero-shot classification)."""
+        return self.encode_images(images) @ self.encode_texts(texts).T
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a task preset by name or folder (see `from_preset` of
+        `OpenVision2Backbone` for names, folders and missing weights)."""
+        preset = presets.resolve(preset, load_weights)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            text_encoder=keras.layers.serialize(self.text_encoder),
+            decoder=keras.layers.serialize(self.decoder),
+            clip_loss_weight=self.clip_loss_weight,
+            caption_loss_weight=self.caption_loss_weight,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for part in ("text_encoder", "decoder"):
+            config[part] = keras.layers.deserialize(config[part])
+        return super().from_config(config)
+
+
+def check_uint8_images(images):
+    shape, dtype = tuple(images.shape), keras.backend.standardize_dtype(images.dtype)
+    if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
+        raise ValueError(
+            "OpenVisionCLIPS expects uint8 images of shape (batch, height, "
+            f"width, 3), as its preprocessor produces; received {dtype} images "
+            f"of shape {shape}."
+        )
+
+
+def check_parts(backbone, text_encoder, decoder, preprocessor):
+    """Errors that name the mismatched sizes, before any tensor flows."""
+    if backbone.projection_dim is None:
+        raise ValueError(
+            "OpenVisionCLIPS needs a backbone with the OpenVision v1 head: "
+            "build the OpenVision2Backbone with `projection_dim`."
+        )
+    if text_encoder.projection_dim != backbone.projection_dim:
+        raise ValueError(
+            f"The text encoder embeds into {text_encoder.projection_dim} "
+            f"dimensions but the image head into {backbone.projection_dim}; "
+            "the contrastive loss needs them equal."
+        )
+    if preprocessor is None:
+        return
+    if preprocessor.caption_length != decoder.num_queries:
+        raise ValueError(
+            f"The preprocessor's caption_length ({preprocessor.caption_length}) "
+            f"must equal the decoder's num_queries ({decoder.num_queries}): "
+            "one query per caption position."
+        )
+    if preprocessor.sequence_length > text_encoder.max_sequence_length:
+        raise ValueError(
+            f"The preprocessor packs texts to {preprocessor.sequence_length} "
+            "ids, more than the text encoder's max_sequence_length "
+            f"({text_encoder.max_sequence_length})."
+        )

@@ -1,0 +1,47 @@
+"""The authors' optimizer, shared by every pretraining task's `compile`."""
+
+import keras
+
+from keras_ov2.models.per_update_schedule import PerUpdateSchedule
+
+
+def recipe_optimizer(
+    model,
+    learning_rate=1e-3,
+    total_steps=10_000,
+    warmup_steps=None,
+    weight_decay=0.2,
+    gradient_accumulation_steps=None,
+):
+    """AdamW (0.9, 0.95, eps 1e-8), decoupled weight decay (multiplied by the
+    learning rate) on `model`'s kernels only, linear warmup (default
+    `total_steps // 250`) then cosine decay to 0; no gradient clipping.
+
+    With `gradient_accumulation_steps` N (>= 2) each update averages N
+    batches; `total_steps` and `warmup_steps` count updates.
+    """
+    if warmup_steps is None:
+        warmup_steps = max(1, total_steps // 250)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=0.0,
+        warmup_target=learning_rate,
+        warmup_steps=warmup_steps,
+    )
+    if gradient_accumulation_steps:
+        schedule = PerUpdateSchedule(schedule, gradient_accumulation_steps)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        beta_1=0.9,
+        beta_2=0.95,
+        epsilon=1e-8,
+        weight_decay=weight_decay,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+    optimizer.exclude_from_weight_decay(
+        var_list=[
+            v for v in model.trainable_variables if not v.path.endswith("kernel")
+        ]
+    )
+    return optimizer
