@@ -22,8 +22,10 @@ captioner:
 2. the Grain pipeline that feeds `fit` (`make_pretraining_dataset`), with the
    authors' augmentations;
 3. two stages, 84 px then 224 px, with `keras_ov2.training.pretrain`;
-4. the training curves, from the run's log;
-5. the settings for a TPU pod slice with the Keras distribution API.
+4. checkpoints, a simulated preemption, and the resumed run;
+5. the training curves, from the run's log;
+6. the settings for a TPU pod slice with the Keras distribution API, and the
+   command that launches them on every host.
 
 With the default settings it takes roughly ten minutes on two CPU cores (our
 estimate from the step rates; much less on a GPU). The tests of keras_ov2 run it with `KERAS_OV2_GUIDE_SMALL=1`, a few
@@ -173,14 +175,135 @@ stage at a lower learning rate) at demo scale.
 
 if SMALL:
     stages = [Stage(84, steps=16, batch_size=8), Stage(224, steps=4, batch_size=4)]
+    checkpoint_every, preempt_at = 4, 10
 else:
     stages = [Stage(84, steps=1500, batch_size=16),
               Stage(224, steps=150, batch_size=16, learning_rate=1e-4)]
-log = pretrain(dataset=source, stages=stages, caption_field="caption", augment=False,
-               output_dir="ov2_two_stage")
+    checkpoint_every, preempt_at = 250, 600
 
 """
-What it printed:
+A long run has to survive being stopped: preemptible TPU VMs are reclaimed
+at any time, jobs hit time limits, hosts fail. With `checkpoint_dir`,
+`pretrain` saves a checkpoint every `checkpoint_every` steps and at the end
+of each stage, and when it is started again with the same arguments it
+resumes from the latest one.
+
+To see that happen, this first call gets a Keras callback that fails at
+step `preempt_at` of the first stage, as a preempted VM would (a real
+preemption kills the process; `tests/test_checkpoint.py` does that, with
+SIGKILL). The callback also records each step's loss, to compare with the
+resumed run below. Keras reports the running mean of the epoch's loss after
+each batch, so a step's own loss is the difference of two running totals.
+"""
+
+
+class Preemption(Exception):
+    pass
+
+
+class StepLosses(keras.callbacks.Callback):
+    """Records the loss of every step of every `fit`; raises `Preemption`
+    after `fail_at` steps of the first one."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.fail_at, self.fits = fail_at, []
+
+    def on_train_begin(self, logs=None):
+        self.fits.append([])
+        self.total = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        total = float(logs["loss"]) * (batch + 1)
+        self.fits[-1].append(total - self.total)
+        self.total = total
+        if len(self.fits) == 1 and batch + 1 == self.fail_at:
+            raise Preemption(f"preempted after step {batch + 1}")
+
+
+first_try = StepLosses(fail_at=preempt_at)
+try:
+    pretrain(dataset=source, stages=stages, caption_field="caption", augment=False,
+             output_dir="ov2_two_stage", checkpoint_dir="checkpoints",
+             checkpoint_every=checkpoint_every, callbacks=[first_try])
+except Preemption as error:
+    print("The run stopped:", error)
+
+"""
+## What a checkpoint holds
+
+Each checkpoint is a folder `ckpt-<global step>`; the last three are kept
+(`keep_checkpoints`). Saving is atomic: the files are written into a hidden
+`.partial-...` folder, flushed to disk, and the folder is renamed, so a
+crash while saving leaves the previous checkpoint intact.
+"""
+
+for folder in sorted(os.listdir("checkpoints")):
+    files = sorted(os.listdir(os.path.join("checkpoints", folder)))
+    size = sum(os.path.getsize(os.path.join("checkpoints", folder, f)) for f in files)
+    print(f"{folder}  {size / 2**20:5.1f} MiB  {files}")
+latest = sorted(os.listdir("checkpoints"))[-1]
+with open(os.path.join("checkpoints", latest, "state.json")) as f:
+    state = json.load(f)
+print({key: state[key] for key in ("step", "stage", "stage_step", "processes")})
+print("run:", {key: state["run"][key] for key in ("seed", "caption_field", "sequence_length")})
+
+"""
+- `model.npz`: every variable of the captioner, keyed by its path
+  (`transformer_layer_3/attention/query/kernel`, ...), and the state of the
+  token masking's random generator, so that the resumed run drops the same
+  tokens the uninterrupted run would have dropped;
+- `optimizer.npz`: AdamW's step counter and moments (twice the weights: the
+  biggest file), so the learning-rate schedule goes on from the saved step;
+- `data_process_0.json`: the Grain iterator's position, one file per host,
+  so the resumed run reads the batches the uninterrupted run would have read;
+- `state.json`: the stage and step, the loss history, and the run's recipe
+  (stages, seed, caption field, ...) and model config: resuming with other
+  settings, or another preset, is refused with an error naming what differs.
+
+Only NumPy `.npz` files (read without pickle) and JSON.
+
+## Resume
+
+Start the same call again, without the failing callback. The stage-1 steps
+after the last checkpoint are trained again, from the saved state:
+"""
+
+resumed = StepLosses()
+log = pretrain(dataset=source, stages=stages, caption_field="caption", augment=False,
+               output_dir="ov2_two_stage", checkpoint_dir="checkpoints",
+               checkpoint_every=checkpoint_every, callbacks=[resumed])
+
+"""
+It printed "Resumed from checkpoints/ckpt-...", and its stage 1 started at
+the step after the checkpoint. The steps between that checkpoint and the
+preemption ran twice, once in each call; if the resume restored the right
+weights, optimizer state, batches and masks, they computed the same losses:
+"""
+
+saved_step = state["stage_step"]
+before = np.array(first_try.fits[0][saved_step:])  # steps saved_step + 1 ... preempt_at
+after = np.array(resumed.fits[0][: len(before)])
+print(f"{'step':>5} {'before the preemption':>22} {'after the resume':>17}")
+for offset in sorted({0, 1, len(before) - 2, len(before) - 1}):
+    print(f"{saved_step + offset + 1:>5} {before[offset]:22.4f} {after[offset]:17.4f}")
+print(f"steps {saved_step + 1}-{preempt_at} trained twice, largest loss difference: "
+      f"{np.abs(before - after).max():.1e}")
+
+"""
+The same losses (to float32 rounding of Keras' running mean): the resumed run
+is the run that was never stopped. Started once more, `pretrain` would find
+the end-of-run checkpoint, print "trained before the checkpoint" for each
+stage and only evaluate and save the captioner. From a shell:
+
+```bash
+ov2 pretrain --data shards/ --caption-field caption --no-augment \
+    --stages 84:1500:16,224:150:16:1e-4 \
+    --checkpoint-dir checkpoints --checkpoint-every 250 --output ov2_two_stage
+# killed? run the same line again: it resumes from checkpoints/
+```
+
+What the run printed:
 
 - the held-out loss before training (about 21: an untrained model spreads
   its probability over all 32,000 vocabulary rows, 2 x ln(32,000) = 20.7 with
@@ -240,49 +363,90 @@ expensive resolution is needed only for a short stage at the end.
 ## On a TPU pod slice
 
 Nothing above changes for a large run except the sizes and the distribution.
-keras_ov2 uses Keras' own distribution API (JAX backend). On a TPU pod slice,
-run the same program on every host:
+keras_ov2 uses Keras' own distribution API (JAX backend), and `pretrain`
+takes it as two arguments: `mesh` (the device mesh, a `"data"` axis and an
+optional `"model"` axis) and `layout` (how the model is split over it).
+Behind them, `keras_ov2.training.setup_training` does the setup you would
+otherwise write by hand:
 
 ```python
-import keras, keras_ov2
 from keras_ov2.data import open_source
-from keras_ov2.data.pipeline import make_pretraining_dataset
-from keras_ov2.distribution import data_shard, make_distribution, per_host_batch_size
+from keras_ov2.training import setup_training
 
-keras.distribution.initialize()  # every host: joins the JAX multi-host runtime
-preset = "openvision2_captioner_vit_large_patch14_84"
-# A v4-512 slice has 256 chips. The authors ran pure data parallelism on it;
-# "fsdp" also splits every kernel and its Adam state over the "data" axis.
-distribution = make_distribution({"data": 256, "model": 1}, mode="fsdp", model=preset)
-with distribution.scope():  # build and train inside the scope
-    captioner = keras_ov2.OpenVision2Captioner.from_preset(preset, load_weights=False)
-    shard_index, shard_count = data_shard(distribution)   # this host's rows
-    train = make_pretraining_dataset(
+# A v4-512 slice: 256 chips on 64 hosts. The authors ran pure data parallelism
+# on it; "fsdp" also splits every kernel and its Adam state over the "data" axis.
+setup = setup_training("openvision2_captioner_vit_large_patch14_84",
+                       mesh={"data": 256}, layout="fsdp")
+with setup.scope():  # train inside the distribution
+    captioner = setup.captioner  # built in the scope: its variables are laid out
+    train = setup.dataset(  # this host's rows, this host's part of the global batch
         open_source("/data/recap_shards/*.array_record"), image_size=84,
-        batch_size=per_host_batch_size(32_768, distribution),  # this host's part
-        caption_field="re_caption", shard_index=shard_index, shard_count=shard_count,
-        num_workers=16,
+        global_batch_size=32_768, caption_field="re_caption", num_workers=16,
     )
-    captioner.start_stage(84, total_steps=390_981, learning_rate=1.024e-3,
+    captioner.start_stage(84, total_steps=390_625, learning_rate=1.024e-3,
                           warmup_steps=1_563)
-    captioner.fit(train, steps_per_epoch=390_981, epochs=1)
+    captioner.fit(train, steps_per_epoch=390_625, epochs=1)
 ```
 
-- `keras.distribution.initialize()` first, on every host; then the mesh
-  covers all chips of the slice.
-- Modes: `"data"` (every weight replicated), `"fsdp"` (weights, gradients
-  and optimizer state split over `"data"`; what fits an L/14 or larger with
-  a big batch), `"tensor"` (Megatron-style over `"model"`, for encoders too
-  wide for one chip). An axis that does not divide a dimension is an error
-  naming the variable.
-- Keras does not split a Grain dataset between hosts: `data_shard` and
-  `per_host_batch_size` give each host its own rows and its part of the
-  global batch.
+`setup_training(preset, mesh=..., layout=...)`:
+
+- calls `keras.distribution.initialize()` first when the launcher set
+  `KERAS_DISTRIBUTION_JOB_ADDRESSES` or `KERAS_DISTRIBUTION_NUM_PROCESSES`
+  (or with `initialize=True`): every host joins one JAX runtime, and the
+  mesh then covers all chips of the slice. On a Cloud TPU VM, JAX finds the
+  coordinator's address and each host's index itself;
+- makes the distribution (`keras_ov2.distribution.make_distribution`) and
+  builds the captioner inside its scope: Keras lays a variable out when it
+  creates it;
+- gives each host its own shard of the records (`setup.dataset`): Keras does
+  not split a Grain dataset between hosts, so each host reads its own rows
+  and its part of the global batch.
+
+Layouts: `"data"` (every weight replicated), `"fsdp"` (weights, gradients
+and optimizer state split over `"data"`; what fits an L/14 or larger with a
+big batch), `"tensor"` (Megatron-style over `"model"`, for encoders too wide
+for one chip). An axis that does not divide a dimension is an error naming
+the variable.
+
+`pretrain(..., mesh=..., layout=..., checkpoint_dir=...)` and `ov2 pretrain
+--mesh ... --layout ...` use the same setup, stage after stage, with the
+checkpoints above. A checkpoint holds whole arrays: process 0 writes them,
+every host its own Grain position (`data_process_<i>.json`), so
+`--checkpoint-dir` must be a folder all hosts see (an NFS or Filestore
+mount). A run may resume on another mesh or layout.
+
+The launch: the same command on every host of the slice, with
+`gcloud compute tpus tpu-vm ssh --worker=all`:
+
+```bash
+TPU=ov2-v4-512 ZONE=us-central2-b
+# once: install keras_ov2 and JAX for TPUs on every host
+gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
+  pip install -q "jax[tpu]" git+https://github.com/keras-ov2/keras_ov2.git'
+# the run: KERAS_DISTRIBUTION_NUM_PROCESSES (64 hosts) makes setup_training
+# call keras.distribution.initialize()
+gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
+  export KERAS_BACKEND=jax KERAS_DISTRIBUTION_NUM_PROCESSES=64
+  ov2 pretrain --preset openvision2_captioner_vit_large_patch14_84 \
+      --data /data/recap_shards --caption-field re_caption --workers 16 \
+      --stages 84:390625:32768:1.024e-3 --mesh data=256 --layout fsdp \
+      --checkpoint-dir /mnt/shared/ov2_l14/ckpt --checkpoint-every 1000 \
+      --output runs/ov2_l14'  # each host saves the final preset on its own disk
+```
+
+A preempted slice is recreated and the same two commands are run again: the
+run resumes from the latest checkpoint in `/mnt/shared/ov2_l14/ckpt`. The
+224 px stage is a second `--stages` entry (`224:61035:16384:2.6e-5` for the
+authors' 1B samples) or a second run from the saved preset.
+
+What keras_ov2's tests check: the layouts on 8 simulated devices of one
+host (the same loss and updated weights as one device), and a checkpoint
+saved under one layout and resumed under another. Several hosts are
+untested; the code follows Keras' multi-host path.
+
 - Memory switches: `from_preset(..., dtype="mixed_bfloat16")`, building the
   model inside `keras.RematScope(...)`, and
   `compile(gradient_accumulation_steps=N)`.
-- The 224 px stage is a second program (or a second `start_stage` and
-  `fit`) with its own batch size, learning rate and step count.
 
 On a CPU you can try the layouts with simulated devices:
 `XLA_FLAGS=--xla_force_host_platform_device_count=8 KERAS_BACKEND=jax`.

@@ -18,7 +18,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = ROOT / "guides"
-GUIDE_NAMES = ("quickstart", "released_checkpoints", "pretraining")
+GUIDE_NAMES = ("quickstart", "released_checkpoints", "pretraining", "evaluating_an_encoder")
 
 spec = importlib.util.spec_from_file_location("make_notebooks", GUIDES / "make_notebooks.py")
 make_notebooks = importlib.util.module_from_spec(spec)
@@ -175,3 +175,55 @@ def test_pretraining_runs(tmp_path):
     log = json.loads((tmp_path / "ov2_two_stage" / "pretrain_log.json").read_text())
     assert log["loss_after"] < log["loss_before"]
     assert {stage for stage, _, _ in log["losses"]} == {0, 1}
+    # The preempted first call, its checkpoints, and the resumed second call.
+    assert "The run stopped: preempted after step 10" in out
+    assert re.search(r"\nckpt-00000004 +[\d.]+ MiB  \['data_process_0.json', 'model.npz', "
+                     r"'optimizer.npz', 'state.json'\]\nckpt-00000008 ", out)
+    assert "{'step': 8, 'stage': 0, 'stage_step': 8, 'processes': 1}" in out
+    assert "Resumed from checkpoints/ckpt-00000008: stage 1, step 8/16" in out
+    assert "[stage 1/2, 84 px] step 9/16: loss" in out
+    assert "[stage 1/2, 84 px] step 1/16" not in out.split("Resumed from")[1]
+    assert number(r"steps 9-10 trained twice, largest loss difference: ([\d.e+-]+)", out) < 1e-3
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "ckpt-00000012", "ckpt-00000016", "ckpt-00000020"]  # the last three kept
+    stage_1 = [step for stage, step, _ in log["losses"] if stage == 0]
+    assert stage_1 == sorted(stage_1) and min(stage_1) <= 8 < max(stage_1) == 16  # kept across
+    assert "KERAS_DISTRIBUTION_NUM_PROCESSES=64" in (GUIDES / "pretraining.py").read_text()
+
+
+@only_on_jax
+def test_evaluating_an_encoder_runs(tmp_path):
+    out = run_guide("evaluating_an_encoder", tmp_path)
+    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
+        number(r"Held-out loss before training: ([\d.]+)", out)
+    assert "synthetic scenes (300 train, 100 test, 84 px)" in out
+    table = {}
+    for line in re.findall(r"\n(\w+) +([\d.]+) +([\d.]+) +([\d.]+|-) +([\d.]+)(?=\n)", out):
+        table[line[0]] = [None if v == "-" else float(v) for v in line[1:]]
+    assert set(table) == {"count", "colours", "shapes", "left_colour", "left_shape",
+                          "left_size", "pair_relation"}
+    pretrained, random_init, zero_shot, chance = zip(*table.values())
+    assert all(0 <= a <= 1 for a in pretrained + random_init + chance)
+    assert [t for t, row in table.items() if row[2] is not None] == [
+        "left_colour", "left_shape", "pair_relation"]
+    # What the text says: colour is easy even for random features, pretraining adds to it.
+    assert table["left_colour"][1] > 2 * table["left_colour"][3]
+    assert table["colours"][0] > table["colours"][1] > table["colours"][3]
+    assert table["left_colour"][0] > table["left_colour"][1] + 0.05
+    assert 0.4 < table["pair_relation"][3] < 0.6
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert len(rows) == 2 * 7 + 3
+    check_png(tmp_path / "probe_accuracy.png", 300)
+    # Grid features beat the pooled ones on left/right.
+    pooled, grid = number(r"\npair_relation +([\d.]+) +[\d.]+ +[\d.]+\n", out), \
+        number(r"\npair_relation +[\d.]+ +([\d.]+) +[\d.]+\n", out)
+    assert grid > pooled
+    # ov2 eval on the folder: the broken file is counted, a table of three rows.
+    assert "images per class: {'red': 8, 'green': 8, 'blue': 8}" in out
+    assert "Skipped unreadable images: {'unreadable_image': 1}" in out
+    folder = json.loads((tmp_path / "folder_results.json").read_text())
+    assert [(r["task"], r["method"], r["encoder"]) for r in folder["results"]] == [
+        ("class", "probe", "preset"), ("class", "probe", "random"),
+        ("class", "zero-shot", "preset")]
+    assert all(r["num_train"] + r["num_test"] == 24 or r["method"] == "zero-shot"
+               for r in folder["results"])
