@@ -14,23 +14,8 @@ against keep_ratio 1.0:
     python benchmarks/keep_ratio.py
     python benchmarks/keep_ratio.py --batch-size 4 --image-size 224 --steps 5
 
-Memory is reported two ways, because `memory_stats()` of JAX's CPU device
-returns None:
-- peak_MB: XLA's buffer assignment for the compiled step
-  (`compiled.memory_analysis()`): arguments + outputs - donated aliases +
-  temporaries. This is what the step needs live at once, independent of
-  the allocator and of other processes; temp_MB is the temporaries alone
-  (activations kept for the backward pass and scratch).
-- rss_MB: how far the process's resident set rose, during the warmup and
-  timed steps, above its level just before them (model, optimizer state and
-  batch already live; memory freed by compilation handed back with
-  `malloc_trim`). Linux VmHWM, reset through /proc/self/clear_refs. It
-  includes the runtime's own overheads; allocator caching makes it noisier.
-
-Time: step_ms is the median and min_ms the fastest of the timed steps
-(compilation and the first run excluded). On a machine shared with other
-work the fastest step is the better estimate of the uncontended cost, so
-both ratios are printed.
+Memory and time: see `step_measure.py` (XLA's buffer assignment for the
+compiled step, the rise of resident memory, median and fastest step).
 
 FLOPs: `GFLOP` is XLA's own count for the compiled step
 (`compiled.cost_analysis()`); `flop/1.0` the analytic ratio of matmul FLOPs
@@ -38,15 +23,16 @@ FLOPs: `GFLOP` is XLA's own count for the compiled step
 """
 
 import argparse
-import ctypes
 import json
 import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
 import time
+
+from step_measure import machine
+from step_measure import measure_train_step
+from step_measure import print_result
+from step_measure import ratio
+from step_measure import run_in_subprocess
 
 # (patch, width, depth, heads, MLP width) of the encoder choices.
 ENCODERS = {
@@ -54,7 +40,6 @@ ENCODERS = {
     "s16": (16, 384, 12, 6, 1536),
     "b16": (16, 768, 12, 12, 3072),
 }
-RESULT_MARK = "KEEP_RATIO_RESULT "
 
 
 def parse_args(argv=None):
@@ -129,33 +114,8 @@ def analytic_flops(num_patches, kept, num_text, patch, enc, dec, vocab):
 # ----------------------------------------------------------------------------
 
 
-def proc_status_kb(field):
-    with open("/proc/self/status") as f:
-        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-    return int(match.group(1)) if match else None
-
-
-def reset_peak_rss():
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_free_heap():
-    """glibc `malloc_trim(0)`: returns freed heap pages to the OS."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def run_worker(args, keep_ratio):
     os.environ["KERAS_BACKEND"] = "jax"
-    import jax
     import keras
     import numpy as np
 
@@ -190,54 +150,7 @@ def run_worker(args, keep_ratio):
     y = tokens[:, 1:]
     sample_weight = np.ones((batch, num_text), dtype="float32")
 
-    # Build the model, the loss tracker and the AdamW slots exactly as
-    # `fit`/`train_on_batch` do, then jit Keras' own `train_step` the way
-    # Keras does (state donated), so that the compiled executable can be
-    # inspected (memory and cost analysis) and timed without recompiling.
-    captioner._symbolic_build(data_batch=(x, y, sample_weight))
-    state = (
-        [v.value for v in captioner.trainable_variables],
-        [v.value for v in captioner.non_trainable_variables],
-        [v.value for v in captioner.optimizer.variables],
-        [v.value for v in captioner.metrics_variables],
-    )
-    data = jax.device_put((x, y, sample_weight))
-
-    start = time.perf_counter()
-    step = jax.jit(captioner.train_step, donate_argnums=0)
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - start
-
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    xla_flops = (cost or {}).get("flops")
-
-    # Resident-memory baseline: model, optimizer state and batch are live;
-    # what compilation freed is handed back to the OS first, so that the
-    # step has to fault in its own memory and the high-water mark sees it.
-    release_free_heap()
-    rss_before_kb = proc_status_kb("VmRSS")
-    peak_reset = reset_peak_rss()
-
-    # Warmup (first run of the executable), then the timed steps.
-    start = time.perf_counter()
-    logs, state = compiled(state, data)
-    jax.block_until_ready((logs, state))
-    warmup_s = time.perf_counter() - start
-
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        logs, state = compiled(state, data)
-        jax.block_until_ready((logs, state))
-        times.append(time.perf_counter() - start)
-    rss_peak_kb = proc_status_kb("VmHWM")
-    loss = float(logs["loss"])
-    if not np.isfinite(loss):
-        raise RuntimeError(f"train step returned a non-finite loss: {loss}")
-
+    measured = measure_train_step(captioner, x, y, sample_weight, args.steps)
     num_patches = (size // patch) ** 2
     kept = captioner.token_masking.kept_count(num_patches)
     flops = analytic_flops(
@@ -249,36 +162,14 @@ def run_worker(args, keep_ratio):
         (decoder.hidden_dim, decoder.num_layers, decoder.intermediate_dim),
         decoder.vocabulary_size,
     )
-    mb = 2.0**-20
-    peak_bytes = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes
-    )
     return {
+        **measured,
         "keep_ratio": keep_ratio,
         "num_patches": num_patches,
         "kept": kept,
         "decoder_length": kept + num_text,
         "num_text": num_text,
-        "parameters": int(captioner.count_params()),
-        "compile_s": compile_s,
-        "warmup_s": warmup_s,
-        "step_times_s": times,
-        "step_s": statistics.median(times),
-        "min_step_s": min(times),
-        "loss": loss,
-        "xla_gflop": None if xla_flops is None else xla_flops / 1e9,
         "analytic_forward_gflop_per_sample": {k: v / 1e9 for k, v in flops.items()},
-        "peak_mb": peak_bytes * mb,
-        "temp_mb": memory.temp_size_in_bytes * mb,
-        "argument_mb": memory.argument_size_in_bytes * mb,
-        "rss_mb": None
-        if not peak_reset or rss_peak_kb is None
-        else (rss_peak_kb - rss_before_kb) / 1024,
-        "rss_before_mb": rss_before_kb / 1024,
-        "jax": jax.__version__,
         "keras": keras.__version__,
         "dtype": keras.config.dtype_policy().name,
     }
@@ -289,32 +180,8 @@ def run_worker(args, keep_ratio):
 # ----------------------------------------------------------------------------
 
 
-def machine():
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        if found:
-            model = found.group(1).strip()
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {usable} usable cores ({os.cpu_count()} online)"
-
-
-def run_config(args, keep_ratio, argv):
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, os.path.abspath(__file__), *argv, "--worker", str(keep_ratio)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK) :])
-    sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-    raise SystemExit(f"keep_ratio {keep_ratio}: the worker failed (exit {done.returncode}).")
-
-
-def ratio(value, base):
-    return "n/a" if value is None or not base else f"{value / base:.2f}"
+def run_config(keep_ratio, argv):
+    return run_in_subprocess(__file__, [*argv, "--worker", str(keep_ratio)], f"keep_ratio {keep_ratio}")
 
 
 def print_table(args, results):
@@ -369,7 +236,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker is not None:
         result = run_worker(args, args.worker)
-        print(RESULT_MARK + json.dumps(result), flush=True)
+        print_result(result)
         return
 
     ratios = [float(r) for r in args.keep_ratios.split(",") if r.strip()]
@@ -381,7 +248,7 @@ def main(argv=None):
     results = []
     for keep_ratio in ratios:
         print(f"running keep_ratio {keep_ratio} ...", flush=True)
-        results.append(run_config(args, keep_ratio, argv))
+        results.append(run_config(keep_ratio, argv))
     first = results[0]
     print(
         f"backend:  jax {first['jax']} (CPU), keras {first['keras']}, "

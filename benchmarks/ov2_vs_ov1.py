@@ -1,0 +1,222 @@
+"""OpenVision 2 vs OpenVision (v1): train-step cost at the same encoder.
+
+The paper's claim: caption-only pretraining (OV2) is about 1.5-2x cheaper in
+time and about 1.8x in memory than v1's two towers + contrastive + caption
+training at the same encoder (L/14 at 224 px: 57 vs 83 TPU hours, 13.8 vs
+24.5 GB per chip at batch 2k). This script measures the same comparison on
+this machine, for small encoders: for each (encoder, resolution) it compiles
+and times the JAX train step (forward, loss, backward, AdamW) of
+- OV1: `OpenVisionCLIPS` (text encoder on the web caption and on one
+  synthetic sentence, dual contrastive loss, 128-query caption decoder behind
+  an [image; web caption] prefix), and
+- OV2: `OpenVision2Captioner` at keep ratios 1.0, 0.35 (the authors') and 0.25,
+each in its own process, with the architectures of the presets
+`openvision_clips_vit_{tiny,small}_patch16_84` and
+`openvision2_captioner_vit_{tiny,small}_patch16_84` (same encoder; the decoder
+and text encoder sizes of the authors' pairing), and prints one table with
+the ratios to OV1 beside the paper's:
+
+    python benchmarks/ov2_vs_ov1.py                       # Ti/16, S/16 at 84 and 224 px
+    python benchmarks/ov2_vs_ov1.py --encoders ti16 --image-sizes 224 --batch-size 16
+
+Columns: step_ms / min_ms (median / fastest timed step), images/s, GFLOP/img
+(analytic train FLOPs per image, `keras_ov2.flops`, 3 x forward), XLA GFLOP
+(XLA's count for the whole compiled step), peak_MB (XLA buffer assignment of
+the step: parameters, AdamW slots, batch and activations), temp_MB (its
+temporaries: the activations kept for the backward pass, which dominate at
+the paper's batch sizes), rss_MB; see `step_measure.py`. Float32, CPU unless JAX sees an
+accelerator.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from step_measure import machine
+from step_measure import measure_train_step
+from step_measure import print_result
+from step_measure import ratio
+from step_measure import run_in_subprocess
+
+ENCODER_PRESETS = {
+    "ti16": ("openvision_clips_vit_tiny_patch16_84", "openvision2_captioner_vit_tiny_patch16_84"),
+    "s16": ("openvision_clips_vit_small_patch16_84", "openvision2_captioner_vit_small_patch16_84"),
+}
+OV2_KEEP_RATIOS = (1.0, 0.35, 0.25)
+# OV2 / OV1 from the authors' efficiency table (openvision-reference.md §8.1).
+PAPER_RATIOS = (
+    ("L/14 @224, TPU v4-512 hours 57 / 83", "time", 57 / 83),
+    ("So400m/14 @384, hours 121 / 241", "time", 121 / 241),
+    ("L/14 @224, GB/chip at batch 2k 13.8 / 24.5", "memory", 13.8 / 24.5),
+    ("So400m/14 @384, GB/chip at batch 512 14.5 / 27.4", "memory", 14.5 / 27.4),
+    ("L/14 @224, FLOPs/image 208.90 / 271.75", "flops", 208.90 / 271.75),
+    ("So400m/14 @384, FLOPs/image 1017.74 / 1636.75", "flops", 1017.74 / 1636.75),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="OV2 vs OV1 train step (JAX): time, FLOPs and memory side by side."
+    )
+    parser.add_argument("--encoders", default="ti16,s16", help="of %s" % sorted(ENCODER_PRESETS))
+    parser.add_argument("--image-sizes", default="84,224")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (default %(default)s)")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # model keep encoder size
+    args = parser.parse_args(argv)
+    args.encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    unknown = [e for e in args.encoders if e not in ENCODER_PRESETS]
+    if unknown:
+        parser.error(f"unknown encoder(s) {unknown}; choose from {sorted(ENCODER_PRESETS)}.")
+    args.image_sizes = [int(s) for s in args.image_sizes.split(",") if s.strip()]
+    return args
+
+
+def ov1_batch(model, batch, size, rng):
+    """Random uint8 images, two 80-id texts, a 128-id caption target."""
+    text_length = model.preprocessor.sequence_length
+    target_length = model.decoder.num_queries
+    vocabulary = model.decoder.vocabulary_size
+    x = {
+        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
+        "web_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
+        "sentence_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
+    }
+    y = rng.integers(3, vocabulary, (batch, target_length), dtype="int32")
+    return x, y, (target_length, text_length)
+
+
+def ov2_batch(model, batch, size, rng):
+    """Random uint8 images and a caption of the preset's length."""
+    length = model.preprocessor.sequence_length
+    tokens = rng.integers(3, model.decoder.vocabulary_size, (batch, length), dtype="int32")
+    x = {
+        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
+        "token_ids": tokens[:, :-1],
+    }
+    return x, tokens[:, 1:], (length,)
+
+
+def run_worker(args):
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras
+    import numpy as np
+
+    from keras_ov2 import flops
+    from keras_ov2.models import OpenVisionCLIPS
+    from keras_ov2.training.setup import load_captioner
+
+    kind, keep, encoder, size = args.worker
+    keep, size = float(keep), int(size)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    ov1_preset, ov2_preset = ENCODER_PRESETS[encoder]
+    if kind == "ov1":
+        model = OpenVisionCLIPS.from_preset(ov1_preset, load_weights=False)
+        x, y, lengths = ov1_batch(model, args.batch_size, size, rng)
+        forward = flops.clips_flops(
+            model.backbone.get_config(),
+            model.text_encoder.get_config(),
+            model.decoder.get_config(),
+            size,
+            text_length=lengths[1],
+        )
+    else:
+        model = load_captioner(ov2_preset, keep_ratio=keep, seed=0)
+        x, y, lengths = ov2_batch(model, args.batch_size, size, rng)
+        forward = flops.captioner_flops(
+            model.backbone.get_config(),
+            model.decoder.get_config(),
+            size,
+            keep_ratio=keep,
+            sequence_length=lengths[0],
+        )
+    model.compile(learning_rate=1e-4, total_steps=1000)
+    sample_weight = np.ones(y.shape, dtype="float32")
+    measured = measure_train_step(model, x, y, sample_weight, args.steps)
+    return {
+        **measured,
+        "model": kind,
+        "keep_ratio": keep if kind == "ov2" else None,
+        "encoder": encoder,
+        "image_size": size,
+        "train_gflop_per_image": flops.train_flops(forward["total"]) / 1e9,
+        "keras": keras.__version__,
+        "dtype": keras.config.dtype_policy().name,
+    }
+
+
+def label(r):
+    return "OV1" if r["model"] == "ov1" else f"OV2 keep {r['keep_ratio']:.2f}"
+
+
+def print_table(args, results):
+    print(
+        f"{'encoder':>7} {'px':>4} {'model':>14} {'step_ms':>8} {'min_ms':>7} {'img/s':>6} "
+        f"{'GFLOP/img':>9} {'XLA_GFLOP':>9} {'peak_MB':>8} {'temp_MB':>7} {'rss_MB':>7} "
+        f"{'time/OV1':>8} {'min/OV1':>7} {'flop/OV1':>8} {'mem/OV1':>7} {'temp/OV1':>8}"
+    )
+    summary = []
+    for encoder in args.encoders:
+        for size in args.image_sizes:
+            rows = [r for r in results if r["encoder"] == encoder and r["image_size"] == size]
+            base = next(r for r in rows if r["model"] == "ov1")
+            for r in rows:
+                rss = "n/a" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
+                xla = "n/a" if r["xla_gflop"] is None else f"{r['xla_gflop']:.0f}"
+                print(
+                    f"{encoder:>7} {size:>4} {label(r):>14} {r['step_s'] * 1e3:>8.0f} "
+                    f"{r['min_step_s'] * 1e3:>7.0f} {args.batch_size / r['step_s']:>6.1f} "
+                    f"{r['train_gflop_per_image']:>9.2f} {xla:>9} {r['peak_mb']:>8.0f} "
+                    f"{r['temp_mb']:>7.0f} {rss:>7} "
+                    f"{ratio(r['step_s'], base['step_s']):>8} "
+                    f"{ratio(r['min_step_s'], base['min_step_s']):>7} "
+                    f"{ratio(r['train_gflop_per_image'], base['train_gflop_per_image']):>8} "
+                    f"{ratio(r['peak_mb'], base['peak_mb']):>7} "
+                    f"{ratio(r['temp_mb'], base['temp_mb']):>8}"
+                )
+                if r["model"] == "ov2" and r["keep_ratio"] == 0.35:
+                    summary.append((encoder, size, r, base))
+    print()
+    print("OV2 (keep 0.35) / OV1 at the same encoder: measured here vs the paper")
+    for encoder, size, r, base in summary:
+        print(
+            f"  {encoder} @{size}px: time {ratio(r['step_s'], base['step_s'])} "
+            f"(fastest step {ratio(r['min_step_s'], base['min_step_s'])}), "
+            f"memory {ratio(r['peak_mb'], base['peak_mb'])} "
+            f"(activations {ratio(r['temp_mb'], base['temp_mb'])}), "
+            f"FLOPs {ratio(r['train_gflop_per_image'], base['train_gflop_per_image'])}"
+        )
+    for what, kind, value in PAPER_RATIOS:
+        print(f"  paper {kind:>6}: {value:.2f}  ({what})")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker is not None:
+        print_result(run_worker(args))
+        return
+    started = time.perf_counter()
+    print(f"machine:  {machine()}")
+    print("note:     wall-clock timings; other load on the machine shows up in them")
+    results = []
+    for encoder in args.encoders:
+        for size in args.image_sizes:
+            configs = [("ov1", 0.0)] + [("ov2", k) for k in OV2_KEEP_RATIOS]
+            for kind, keep in configs:
+                name = f"{encoder} @{size}px {kind}" + (f" keep {keep}" if kind == "ov2" else "")
+                print(f"running {name} ...", flush=True)
+                worker = ["--worker", kind, str(keep), encoder, str(size)]
+                results.append(run_in_subprocess(__file__, [*argv, *worker], name))
+    first = results[0]
+    print(f"backend:  jax {first['jax']}, keras {first['keras']}, dtype {first['dtype']}")
+    print(f"input:    batch {args.batch_size}; median of {args.steps} steps after 1 warmup step")
+    print()
+    print_table(args, results)
+    print(f"total wall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
