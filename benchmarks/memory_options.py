@@ -165,7 +165,7 @@ def main(argv=None):
           f"median / min of {args.steps} steps after 1 warmup")
     print()
     print_table(results)
-    print(f"\nremat regions in the traced step: "
+    print("\nremat regions in the traced step: "
           + ", ".join(f"{r['option']} {r['remat_regions']}" for r in results))
     print(f"total wall time {time.perf_counter() - started:.0f} s")
     if args.json:
