@@ -12,6 +12,7 @@ from PIL import Image
 import keras_ov2
 from keras_ov2 import cli
 from keras_ov2.data import SyntheticScenes
+from tests import checkpoint_run
 
 IMAGE_SIZE = 56  # 4 x 4 patches of 14 px
 
@@ -21,19 +22,7 @@ def tiny_preset(tmp_path_factory):
     """A captioner preset much smaller than the shipped tiny one (fast to
     compile on every backend), saved with its random weights."""
     folder = tmp_path_factory.mktemp("tiny_captioner")
-    preprocessor = keras_ov2.OpenVision2CaptionerPreprocessor(
-        keras_ov2.OpenVision2Tokenizer(),
-        keras_ov2.OpenVision2ImageConverter(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
-        sequence_length=64,
-    )
-    captioner = keras_ov2.OpenVision2Captioner(
-        keras_ov2.OpenVision2Backbone(
-            patch_size=14, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64
-        ),
-        keras_ov2.OpenVision2TextDecoder(30522, 32, 1, 2, 64),
-        preprocessor=preprocessor,
-    )
-    captioner.save_to_preset(str(folder))
+    checkpoint_run.save_tiny_preset(folder, IMAGE_SIZE)
     return folder
 
 

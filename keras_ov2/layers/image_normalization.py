@@ -18,6 +18,19 @@ def check_image_dtype(dtype, owner):
         )
 
 
+def check_uint8_images(images, owner):
+    """The pretraining tasks take the uint8 batches their preprocessors make;
+    catch anything else before the functional graph silently casts it."""
+    shape = tuple(images.shape)
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
+        raise ValueError(
+            f"{owner} expects uint8 images of shape (batch, height, width, 3), "
+            f"as its preprocessor produces; received {dtype} images of shape "
+            f"{shape}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_ov2")
 class ImageNormalization(keras.layers.Layer):
     """(B, H, W, 3) uint8 or float 0-255 images -> `(x - 255 * mean) /

@@ -10,6 +10,7 @@ from keras_ov2.distribution import layouts
 from keras_ov2.layers import ImageNormalization
 from keras_ov2.layers import ParallelPredictionMasking
 from keras_ov2.layers import VisualTokenMasking
+from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models import presets
 from keras_ov2.models.caption_loss import CaptionLoss
 from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
@@ -102,14 +103,7 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         return self.backbone(self.image_normalization(images))["sequence_output"]
 
     def call(self, inputs, training=None, mask=None):
-        images = inputs["images"]
-        shape, dtype = tuple(images.shape), keras.backend.standardize_dtype(images.dtype)
-        if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
-            raise ValueError(
-                "OpenVision2Captioner expects uint8 images of shape (batch, "
-                f"height, width, 3), as its preprocessor produces; received "
-                f"{dtype} images of shape {shape}."
-            )
+        check_uint8_images(inputs["images"], "OpenVision2Captioner")
         return super().call(inputs, training=training, mask=mask)
 
     def compile(

@@ -8,6 +8,7 @@ from keras import ops
 from keras_ov2.layers import ImageNormalization
 from keras_ov2.layers.contrastive_logits import ContrastiveLogits
 from keras_ov2.layers.contrastive_logits import l2_normalize
+from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models import presets
 from keras_ov2.models.caption_loss import CaptionLoss
 from keras_ov2.models.contrastive_loss import dual_contrastive_loss
@@ -112,7 +113,7 @@ class OpenVisionCLIPS(keras_hub.models.Task):
         self.caption_loss_tracker = keras.metrics.Mean(name="caption_loss")
 
     def call(self, inputs, training=None, mask=None):
-        check_uint8_images(inputs["images"])
+        check_uint8_images(inputs["images"], "OpenVisionCLIPS")
         return super().call(inputs, training=training, mask=mask)
 
     def compile(
@@ -160,7 +161,7 @@ class OpenVisionCLIPS(keras_hub.models.Task):
         """
         if self.preprocessor is not None:
             images = self.preprocessor.preprocess_images(images)
-        check_uint8_images(images)
+        check_uint8_images(images, "OpenVisionCLIPS")
         embeddings = []
         for start in range(0, len(images), batch_size):
             batch = self.image_normalization(images[start : start + batch_size])
@@ -210,16 +211,6 @@ class OpenVisionCLIPS(keras_hub.models.Task):
         for part in ("text_encoder", "decoder"):
             config[part] = keras.layers.deserialize(config[part])
         return super().from_config(config)
-
-
-def check_uint8_images(images):
-    shape, dtype = tuple(images.shape), keras.backend.standardize_dtype(images.dtype)
-    if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
-        raise ValueError(
-            "OpenVisionCLIPS expects uint8 images of shape (batch, height, "
-            f"width, 3), as its preprocessor produces; received {dtype} images "
-            f"of shape {shape}."
-        )
 
 
 def check_parts(backbone, text_encoder, decoder, preprocessor):
