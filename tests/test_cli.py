@@ -68,6 +68,10 @@ def test_pretrain_writes_a_preset_that_loads(pretrained, tiny_preset):
     assert f"Held-out loss: {log['loss_before']:.3f} -> {log['loss_after']:.3f}" in printed
     assert [step for _, step, _ in log["losses"]] == [2, 3]  # step 1 compiles
     assert len(log["samples"]) == 4 and all(truth for _, truth in log["samples"])
+    accuracy = log["attribute_accuracy"]  # built-in scenes, short captions: no sizes
+    assert set(accuracy) == {"count", "colour", "shape", "size"} and accuracy["size"] is None
+    assert all(0 <= accuracy[key] <= 1 for key in ("count", "colour", "shape"))
+    assert f"Right per object, left to right: count {accuracy['count']:.0%}" in printed
 
     trained = keras_ov2.OpenVision2Captioner.from_preset(str(output))
     initial = keras_ov2.OpenVision2Captioner.from_preset(str(tiny_preset))

@@ -11,6 +11,8 @@ from keras_ov2.evaluation.linear_probe import LinearProbe
 from keras_ov2.evaluation.linear_probe import chance_accuracy
 from keras_ov2.evaluation.linear_probe import fit_linear_probe
 from keras_ov2.evaluation.linear_probe import probe_accuracy
+from keras_ov2.evaluation.scene_captions import named_objects
+from keras_ov2.evaluation.scene_captions import scene_caption_accuracy
 from keras_ov2.evaluation.tasks import EvalSet
 from keras_ov2.evaluation.tasks import Task
 from keras_ov2.evaluation.tasks import synthetic_eval_set

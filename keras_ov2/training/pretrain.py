@@ -16,6 +16,8 @@ from keras_ov2.data.augment import resize
 from keras_ov2.data.decode import BadRecord
 from keras_ov2.data.decode import check_record
 from keras_ov2.data.decode import decode_caption
+from keras_ov2.evaluation.scene_captions import describe_accuracy
+from keras_ov2.evaluation.scene_captions import scene_caption_accuracy
 from keras_ov2.training.resume import RunCheckpoints
 from keras_ov2.training.setup import load_captioner
 from keras_ov2.training.setup import setup_training
@@ -94,25 +96,28 @@ def held_out_loss(captioner, images, captions):
 
 
 def held_out_pairs(source, caption_field, image_size):
-    """Up to HELD_OUT_SIZE good (image, caption) pairs among the first
-    records of `source`, resized. The search is bounded, so that a caption
-    field no record has fails at once instead of reading a whole corpus."""
-    images, captions, missing = [], [], []
+    """Up to HELD_OUT_SIZE good records among the first of `source`: their
+    images (resized), captions and the records themselves. The search is
+    bounded, so that a caption field no record has fails at once instead of
+    reading a whole corpus."""
+    images, captions, records, missing = [], [], [], []
     for index in range(min(len(source), 8 * HELD_OUT_SIZE)):
+        record = source[index]
         try:
-            image, caption = check_record(source[index], caption_field)
+            image, caption = check_record(record, caption_field)
         except BadRecord as error:
             if error.reason == "missing_caption":
                 missing.append(error)
             continue
         images.append(resize(image, image_size))
         captions.append(caption)
+        records.append(record)
         if len(images) == HELD_OUT_SIZE:
             break
     if not images:
         detail = f" ({missing[0]})" if missing else ""
         raise KeyError(f"No usable record with a caption field {caption_field!r}{detail}.")
-    return np.stack(images), captions
+    return np.stack(images), captions, records
 
 
 def known_captions(source, caption_field, count):
@@ -197,7 +202,9 @@ def pretrain(
     Returns a dict: "losses" [(stage, step, loss)], "loss_before",
     "loss_after", "output_dir", "samples" [(generated, truth)], "exact_match"
     (fraction of the held-out batch captioned exactly right), "words_in_place"
-    (see `words_in_place`), "seconds".
+    (see `words_in_place`), "attribute_accuracy" (on the built-in scenes:
+    count, colour, shape and size right, see `scene_caption_accuracy`;
+    else None), "seconds".
     """
     print_fn = print_fn or functools.partial(print, flush=True)
     stages = [s if isinstance(s, Stage) else Stage(*s) for s in stages]
@@ -209,7 +216,7 @@ def pretrain(
     held_out = dataset.held_out(HELD_OUT_SIZE) if hasattr(dataset, "held_out") else dataset
     if augment is None:
         augment = not isinstance(dataset, SyntheticScenes)
-    images, truths = held_out_pairs(held_out, caption_field, final_size)
+    images, truths, held_out_records = held_out_pairs(held_out, caption_field, final_size)
 
     keras.utils.set_random_seed(seed)
     setup = setup_training(preset, mesh, layout, keep_ratio=keep_ratio)
@@ -281,9 +288,15 @@ def pretrain(
             print_fn(f"  {'ok ' if made == truth else '   '} {made} | {truth}")
         print_fn(f"Exactly right: {exact:.0%} of {len(truths)} held-out images; words in "
                  f"place: {words:.0%}.")
+        attributes = None
+        if isinstance(held_out, SyntheticScenes):
+            attributes = scene_caption_accuracy(generated, held_out_records,
+                                                sizes=caption_field == "caption")
+            print_fn(f"Right per object, left to right: {describe_accuracy(attributes)}.")
         result = dict(losses=losses, loss_before=loss_before, loss_after=loss_after,
                       output_dir=str(output_dir), samples=samples, exact_match=exact,
-                      words_in_place=words, seconds=time.perf_counter() - started)
+                      words_in_place=words, attribute_accuracy=attributes,
+                      seconds=time.perf_counter() - started)
         (output_dir / "pretrain_log.json").write_text(json.dumps(result, indent=2))
         print_fn(f"Saved the captioner preset to {output_dir} ({result['seconds']:.0f} s).")
         return result
