@@ -12,7 +12,6 @@ from keras_ov2.models.openvision2_captioner_preprocessor import (
 from keras_ov2.models.openvision2_captioner_preprocessor import pack_captions
 from keras_ov2.models.openvision2_captioner_preprocessor import standardize_captions
 from keras_ov2.models.openvision2_image_converter import cpu_scope
-from keras_ov2.models.openvision2_image_converter import python_only_error
 from keras_ov2.models.openvision2_image_converter import standardize_images
 
 
@@ -73,14 +72,7 @@ class OpenVision1Preprocessor(OpenVision2CaptionerPreprocessor):
         self.rng = np.random.default_rng(seed)
 
     def call(self, x, y=None, sample_weight=None):
-        name = type(self).__name__
-        if self._use_tf_workflow():
-            raise python_only_error(name)
-        if sample_weight is not None:
-            raise ValueError(
-                f"{name} computes sample_weight from the caption padding; "
-                "do not pass one."
-            )
+        name = self._check_training_call(sample_weight)
         images, web_captions, captions = self._split_captions(x, y)
         web, batched = standardize_captions(web_captions, name)
         detailed, detailed_batched = standardize_captions(captions, name)

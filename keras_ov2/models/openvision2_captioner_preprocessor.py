@@ -103,14 +103,7 @@ class OpenVision2CaptionerPreprocessor(keras_hub.models.Preprocessor):
         self.sequence_length = sequence_length
 
     def call(self, x, y=None, sample_weight=None):
-        name = type(self).__name__
-        if self._use_tf_workflow():
-            raise python_only_error(name)
-        if sample_weight is not None:
-            raise ValueError(
-                f"{name} computes sample_weight from the caption padding; "
-                "do not pass one."
-            )
+        name = self._check_training_call(sample_weight)
         images, captions = self._split_inputs(x, y)
         texts, batched = standardize_captions(captions, name)
         with cpu_scope():
@@ -192,6 +185,19 @@ class OpenVision2CaptionerPreprocessor(keras_hub.models.Preprocessor):
             ids = [i for i in ids if i not in special]
             captions.append(self.tokenizer.detokenize(ids) if ids else "")
         return captions if batched else captions[0]
+
+    def _check_training_call(self, sample_weight):
+        """Refuses what a training call cannot take; returns the class name
+        that errors are phrased with."""
+        name = type(self).__name__
+        if self._use_tf_workflow():
+            raise python_only_error(name)
+        if sample_weight is not None:
+            raise ValueError(
+                f"{name} computes sample_weight from the caption padding; "
+                "do not pass one."
+            )
+        return name
 
     def _split_inputs(self, x, y):
         name = type(self).__name__
