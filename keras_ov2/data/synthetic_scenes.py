@@ -244,6 +244,11 @@ class SyntheticScenes:
         }
 
 
+def object_count(objects):
+    """How many objects a record's "objects" hold (the rest is -1 padding)."""
+    return int(np.sum(objects["colour"] >= 0))
+
+
 def _name(colour, shape):
     return f"{COLOURS[colour]} {SHAPES[shape]}"
 

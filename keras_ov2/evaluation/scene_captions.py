@@ -14,6 +14,7 @@ import numpy as np
 from keras_ov2.data.synthetic_scenes import COLOURS
 from keras_ov2.data.synthetic_scenes import SHAPES
 from keras_ov2.data.synthetic_scenes import SIZES
+from keras_ov2.data.synthetic_scenes import object_count
 
 ATTRIBUTES = ("colour", "shape", "size")
 
@@ -38,9 +39,8 @@ def named_objects(caption):
 
 def _true_objects(record):
     truth = record["objects"]
-    count = int((truth["colour"] >= 0).sum())
     return [(int(truth["colour"][i]), int(truth["shape"][i]), int(truth["size"][i]))
-            for i in range(count)]
+            for i in range(object_count(truth))]
 
 
 def scene_caption_accuracy(captions, records, sizes=False):

@@ -16,6 +16,7 @@ from keras_ov2.data.synthetic_scenes import SyntheticScenes
 from keras_ov2.data.synthetic_scenes import _canonical_order
 from keras_ov2.data.synthetic_scenes import _caption
 from keras_ov2.data.synthetic_scenes import _short_caption
+from keras_ov2.data.synthetic_scenes import object_count
 
 CAPTION_FIELDS = ("short_caption", "caption")
 # Tasks whose classes differ in the captions of a caption field: zero-shot
@@ -68,7 +69,7 @@ def _scene_caption(caption_field, colours, shapes, sizes, boxes):
 def _swapped(objects, i, j):
     """The scene with objects i and j trading horizontal places: (colours,
     shapes, sizes, boxes) left to right, each object keeping its own height."""
-    count = int(np.sum(objects["colour"] >= 0))
+    count = object_count(objects)
     order = list(range(count))
     order[i], order[j] = j, i
     boxes = objects["box"][:count]
@@ -84,7 +85,7 @@ def scene_prompts(objects, caption_field):
     one caption of this very scene (in the style of `caption_field`) with
     only the task's attribute changed: the captioner has to prefer the true
     caption over its near copies."""
-    count = int(np.sum(objects["colour"] >= 0))
+    count = object_count(objects)
     parts = [objects[k][:count] for k in ("colour", "shape", "size", "box")]
     prompts = {}
     for task, index in (("left_colour", 0), ("left_shape", 1), ("left_size", 2)):
