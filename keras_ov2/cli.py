@@ -218,7 +218,8 @@ def build_parser():
                    '"caption" for --data)')
     p.add_argument("--stages", type=parse_stages,
                    help="image_size:steps:batch_size[:lr],... (default 84:1500:16)")
-    p.add_argument("--keep-ratio", type=float, help="visual tokens kept in training (0.35)")
+    p.add_argument("--keep-ratio", type=float, help="fraction of visual tokens kept in training "
+                   "(0.35; 1.0 on the built-in scenes, see the README)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="preset folder to write")
     p.add_argument("--seed", type=int, help="data order, initial weights, masking (0)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (5e-4)")

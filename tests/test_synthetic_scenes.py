@@ -89,12 +89,22 @@ def test_record_types_and_shapes(records):
     assert counts == {1, 2, 3}
 
 
-def test_objects_are_drawn_where_the_ground_truth_says(records):
-    for record in records:
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"image_size": 84},
+        {"image_size": 84, "position_grid": 84},
+        {"image_size": 224, "min_objects": 3, "max_objects": 4},
+        {"image_size": 100, "min_objects": 3, "max_objects": 3, "position_grid": 7},
+    ],
+)
+def test_objects_are_drawn_where_the_ground_truth_says(kwargs):
+    size = kwargs["image_size"]
+    for record in (SyntheticScenes(40, seed=3, **kwargs)[i] for i in range(40)):
         image = record["image"]
         boxes = [box for _, _, _, box in objects(record)]
         for (colour, _, _, (x0, y0, x1, y1)), right in zip(objects(record), boxes[1:] + [None]):
-            assert 0 <= x0 < x1 <= 84 and 0 <= y0 < y1 <= 84
+            assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
             assert x1 - x0 == y1 - y0
             # Every shape covers its box centre.
             centre = image[(y0 + y1) // 2, (x0 + x1) // 2]
@@ -106,6 +116,23 @@ def test_objects_are_drawn_where_the_ground_truth_says(records):
         for x0, y0, x1, y1 in boxes:
             outside[y0:y1, x0:x1] = False
         assert len(np.unique(image[outside], axis=0)) == 1
+
+
+def corners(source):
+    return np.array([box[:2] for i in range(len(source)) for *_, box in objects(source[i])])
+
+
+def test_objects_sit_on_the_position_grid():
+    # 84 px / 12 cells: corners 7 px apart, plus the 1 px margin; the grid is
+    # covered in both directions.
+    on_grid = corners(SyntheticScenes(80, image_size=84, seed=4))
+    np.testing.assert_array_equal(on_grid % 7, 1)
+    assert len(np.unique(on_grid[:, 0])) >= 8 and len(np.unique(on_grid[:, 1])) >= 8
+    # One cell per pixel: free placement, every offset within a 7 px cell.
+    free = corners(SyntheticScenes(80, image_size=84, seed=4, position_grid=84))
+    assert set(np.unique(free % 7)) == set(range(7))
+    assert "position_grid=84" in repr(SyntheticScenes(1, image_size=84, position_grid=84))
+    assert SyntheticScenes(1, image_size=84, position_grid=6).held_out().position_grid == 6
 
 
 def test_sizes_are_distinct_and_consistent():
@@ -218,7 +245,9 @@ def test_pickle_round_trip_gives_the_same_records():
         ({"num_records": 0}, ValueError, "num_records"),
         ({"num_records": 2.5}, TypeError, "num_records"),
         ({"num_records": 4, "image_size": 40}, ValueError, "at least 54"),
-        ({"num_records": 4, "image_size": 60, "max_objects": 4}, ValueError, "at least 70"),
+        ({"num_records": 4, "image_size": 60, "max_objects": 4}, ValueError, "at least 68"),
+        ({"num_records": 4, "image_size": 84, "position_grid": 0}, ValueError, "position_grid"),
+        ({"num_records": 4, "image_size": 84, "position_grid": 85}, ValueError, "position_grid"),
         ({"num_records": 4, "max_objects": 5}, ValueError, "max_objects"),
         ({"num_records": 4, "min_objects": 3, "max_objects": 2}, ValueError, "min_objects"),
         ({"num_records": 4, "seed": -1}, ValueError, "seed"),

@@ -23,6 +23,7 @@ from keras_ov2.training.setup import load_captioner
 from keras_ov2.training.setup import setup_training
 
 DEFAULT_PRESET = "openvision2_captioner_tiny_patch14_84"
+AUTHORS_KEEP_RATIO = 0.35
 HELD_OUT_SIZE = 32  # held-out scenes for the before/after loss and the caption accuracy
 
 
@@ -156,7 +157,7 @@ def pretrain(
     preset=DEFAULT_PRESET,
     dataset=None,
     stages=DEFAULT_STAGES,
-    keep_ratio=0.35,
+    keep_ratio=None,
     output_dir="runs/ov2_pretrain",
     seed=0,
     caption_field="short_caption",
@@ -186,7 +187,12 @@ def pretrain(
     `sequence_length`: None fits it to the captions (see `fitted_length`).
     `augment`: the authors' Inception crop + colour jitter; None turns it on
     except for the synthetic scenes, whose captions state colours and
-    positions that jitter and crops would make false. `num_workers`: Grain
+    positions that jitter and crops would make false. `keep_ratio`: the
+    fraction of patch tokens the decoder sees; None keeps the authors' 0.35,
+    except on the synthetic scenes, where it keeps them all: a demo scene at
+    84 px has 36 tokens, a random 35% of them rarely shows an object whole,
+    and the tiny captioner then leaves shapes at chance for far longer than
+    a demo lasts (see the README). `num_workers`: Grain
     worker processes for decoding and augmentation.
 
     `mesh` and `layout`: train on several devices (see `setup_training`):
@@ -216,6 +222,8 @@ def pretrain(
     held_out = dataset.held_out(HELD_OUT_SIZE) if hasattr(dataset, "held_out") else dataset
     if augment is None:
         augment = not isinstance(dataset, SyntheticScenes)
+    if keep_ratio is None:
+        keep_ratio = 1.0 if isinstance(dataset, SyntheticScenes) else AUTHORS_KEEP_RATIO
     images, truths, held_out_records = held_out_pairs(held_out, caption_field, final_size)
 
     keras.utils.set_random_seed(seed)
