@@ -220,7 +220,9 @@ In pretraining, the encoder sees the whole image; then
 `VisualTokenMasking` keeps K = int(N x 0.35) of the N patch tokens, a fresh
 random subset at every step, in random order, and only those reach the
 decoder. At inference (`generate`, `score`, feature extraction) nothing is
-dropped.
+dropped. (The demo captioner above kept every token of its 36-token scenes;
+here a masking layer with the authors' ratio runs on the encoder's tokens of
+a 224 px photo.)
 
 The photo is matplotlib's sample image of Grace Hopper
 (`matplotlib.cbook.get_sample_data("grace_hopper.jpg")`), a real photograph
@@ -233,7 +235,8 @@ photo = keras.ops.convert_to_numpy(
     keras_ov2.OpenVision2ImageConverter(image_size=(224, 224), normalize=False)(photo)
 )
 tokens = captioner.encode_images(photo[None])
-kept = captioner.token_masking(tokens, training=True)
+masking = keras_ov2.layers.VisualTokenMasking(keep_ratio=0.35, seed=1)
+kept = masking(tokens, training=True)
 print("encoder tokens:", tuple(tokens.shape), "-> tokens the decoder sees:", tuple(kept.shape))
 
 """
@@ -246,7 +249,6 @@ patch = encoder.patch_size
 grid = photo.shape[0] // patch
 num_patches = grid * grid
 indices = keras.ops.reshape(keras.ops.arange(num_patches, dtype="float32"), (1, num_patches, 1))
-masking = keras_ov2.layers.VisualTokenMasking(keep_ratio=captioner.keep_ratio, seed=1)
 steps = [
     keras.ops.convert_to_numpy(masking(indices, training=True))[0, :, 0].astype(int)
     for _ in range(2)

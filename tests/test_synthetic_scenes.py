@@ -248,6 +248,7 @@ def test_pickle_round_trip_gives_the_same_records():
         ({"num_records": 4, "image_size": 60, "max_objects": 4}, ValueError, "at least 68"),
         ({"num_records": 4, "image_size": 84, "position_grid": 0}, ValueError, "position_grid"),
         ({"num_records": 4, "image_size": 84, "position_grid": 85}, ValueError, "position_grid"),
+        ({"num_records": 4, "max_objects": 3, "position_grid": 2}, ValueError, "position_grid"),
         ({"num_records": 4, "max_objects": 5}, ValueError, "max_objects"),
         ({"num_records": 4, "min_objects": 3, "max_objects": 2}, ValueError, "min_objects"),
         ({"num_records": 4, "seed": -1}, ValueError, "seed"),

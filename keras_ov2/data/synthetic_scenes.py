@@ -58,7 +58,7 @@ _RGB = (
     (255, 135, 0),
 )
 _BACKGROUND_GREYS = (95, 160)  # A plain background, its grey level drawn per scene.
-_GAP = 0.03  # Smallest gap between objects and to the borders, as a fraction of the side.
+_GAP = 0.03  # Smallest gap between objects (half of it to the borders), as a fraction of the side.
 _LARGE = 0.28  # Side of a large object, as a fraction of the image side (when it fits).
 _SMALL = 0.55  # Side of a small object, as a fraction of a large one.
 _MIN_SIDE = 8  # Pixels: below this a small triangle and a small circle look alike.
@@ -156,7 +156,10 @@ class SyntheticScenes:
         if split not in SPLITS:
             raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
         self.split = split
-        self.position_grid = _check_int("position_grid", position_grid, 1, self.image_size)
+        # At least one cell per object in a row, at most one cell per pixel.
+        self.position_grid = _check_int(
+            "position_grid", position_grid, self.max_objects, self.image_size
+        )
         self._small, self._large = _object_sides(
             self.image_size, self.max_objects, self.position_grid
         )
