@@ -15,6 +15,7 @@ from keras_ov2.data import SHAPES
 from keras_ov2.data import SIZES
 from keras_ov2.data import SyntheticScenes
 from keras_ov2.data.synthetic_scenes import _RGB
+from keras_ov2.data.synthetic_scenes import object_count
 
 RELATION_SENTENCE = re.compile(
     r"the (\w+) (\w+) is (left of|right of)(?: and (above|below))? the (\w+) (\w+)"
@@ -24,10 +25,9 @@ RELATION_SENTENCE = re.compile(
 def objects(record):
     """The ground-truth objects of a record, left to right, padding dropped."""
     gt = record["objects"]
-    count = int((gt["colour"] >= 0).sum())
     return [
         (int(gt["colour"][i]), int(gt["shape"][i]), int(gt["size"][i]), gt["box"][i].tolist())
-        for i in range(count)
+        for i in range(object_count(gt))
     ]
 
 

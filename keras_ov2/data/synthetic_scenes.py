@@ -72,7 +72,8 @@ def _gap(image_size):
 
 
 def _cells(side, image_size, grid):
-    """Grid cells an object of `side` pixels takes, with the gap after it."""
+    """Grid cells an object of `side` pixels (an int or an array) takes, with
+    the gap after it."""
     return -(-(side + _gap(image_size)) * grid // image_size)
 
 
@@ -229,7 +230,7 @@ class SyntheticScenes:
         sizes = rng.integers(0, len(SIZES), size=count)
         sides = np.where(sizes == 1, self._large, self._small)
         grid = self.position_grid
-        cells = np.array([_cells(side, self.image_size, grid) for side in sides])
+        cells = _cells(sides, self.image_size, grid)
         # Spread the free cells uniformly over the count + 1 spaces between objects.
         spaces = rng.multinomial(grid - cells.sum(), rng.dirichlet(np.ones(count + 1)))
         columns = spaces[0] + np.concatenate([[0], np.cumsum(cells + spaces[1:])[:-1]])
