@@ -82,28 +82,30 @@ for name, params, size, source in rows:
     print(f"{name:40} {params:7.1f}M {size:>4}  {source}")
 
 """
-The weights are the authors' released PyTorch checkpoints, which must be
-downloaded and converted once. Offline and before that conversion,
-`from_preset` says so, and how:
+The weights are the authors' released PyTorch checkpoints. The first
+`from_preset(name)` downloads the release (with a progress bar), converts it
+to a Keras preset without needing PyTorch, and caches it
+(`$KERAS_OV2_CACHE`, default `~/.cache/keras_ov2`); later calls load the
+cached copy, offline too. Here, the smallest released encoder (OpenVision
+ViT-Ti/16 at 160 px; the release is a whole CLIP, of which keras_ov2 keeps
+the 5.5M-parameter vision tower). Offline and not converted before, the
+error says which files to fetch and the command that converts them:
 """
 
 try:
-    keras_ov2.OpenVision2Backbone.from_preset("openvision2_vit_large_patch14_224")
-except FileNotFoundError as error:
+    released = keras_ov2.OpenVision2Backbone.from_preset("openvision_vit_tiny_patch16_160")
+    print(f"Loaded {released.count_params():,} parameters of trained weights.")
+except OSError as error:  # no network, and no cached conversion
     print(error)
 
 """
-With a network, either of these converts the release on the fly and caches
-it, after which the preset name loads offline too (the
-[released checkpoints guide](released_checkpoints.ipynb) does the conversion
-step by step):
-
-```python
-encoder = keras_ov2.OpenVision2Backbone.from_preset(
-    "hf://UCSC-VLAA/openvision2-vit-large-patch14-224-vision-only"
-)
-# or, in a shell: ov2 convert openvision2_vit_large_patch14_224
-```
+The same works through KerasHub's base class,
+`keras_hub.models.Backbone.from_preset("openvision2_vit_large_patch14_224")`,
+and for any open_clip release of an OpenVision encoder by its Hub handle,
+`from_preset("hf://UCSC-VLAA/openvision2-vit-large-patch14-224-vision-only")`.
+`ov2 presets` lists every name with its source and whether its weights are
+cached; the [released checkpoints guide](released_checkpoints.ipynb) does the
+conversion step by step.
 
 `from_preset(name, load_weights=False)` builds any architecture with random
 weights. Here we train a model of our own instead.

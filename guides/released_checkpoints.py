@@ -58,15 +58,17 @@ print("Keras", keras.__version__, "on", keras.backend.backend(), "| small settin
 ## With a network
 
 For a real release, this is all it takes. The first call downloads the files
-with `huggingface_hub`, converts them and caches the preset
-(`$KERAS_OV2_CACHE`, default `~/.cache/keras_ov2`); later calls, and the plain
-preset name, load the cached copy offline:
+with `huggingface_hub` (progress bar included), converts them without PyTorch
+and caches the preset (`$KERAS_OV2_CACHE`, default `~/.cache/keras_ov2`,
+recording the Hub revision and the keras_ov2 version); later calls load the
+cached copy, offline too:
 
 ```python
-encoder = keras_ov2.OpenVision2Backbone.from_preset(
+encoder = keras_ov2.OpenVision2Backbone.from_preset(PRESET)
+encoder = keras_ov2.OpenVision2Backbone.from_preset(     # the same, by Hub handle
     "hf://UCSC-VLAA/openvision2-vit-large-patch14-224-vision-only"
 )
-encoder = keras_ov2.OpenVision2Backbone.from_preset(PRESET)  # the same, by name
+encoder = keras_hub.models.Backbone.from_preset(PRESET)  # the same, through KerasHub
 ```
 
 From a shell, with files you downloaded yourself:
@@ -74,6 +76,19 @@ From a shell, with files you downloaded yourself:
 ```bash
 ov2 convert FOLDER --preset openvision2_vit_large_patch14_224           # into the cache
 ov2 convert FOLDER converted/ --preset openvision2_vit_large_patch14_224 # into a folder
+ov2 convert openvision2_vit_large_patch14_224 --refresh                  # download again
+ov2 presets                                     # every name, its source, cached or not
+```
+
+A converted folder is an ordinary KerasHub preset (config, weights,
+metadata). Share it with KerasHub's own upload; whoever loads it gets the
+Keras weights as they are, with no conversion and no PyTorch:
+
+```python
+keras_hub.upload_preset("hf://my-org/openvision2-vit-large-patch14-224-keras", "converted/")
+encoder = keras_ov2.OpenVision2Backbone.from_preset(
+    "hf://my-org/openvision2-vit-large-patch14-224-keras"
+)
 ```
 
 Each released preset names its checkpoint:

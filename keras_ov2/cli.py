@@ -69,20 +69,56 @@ def read_image(path):
         raise CliError(f"cannot read {path} as an image ({error})") from None
 
 
-def load_weights_note(preset, folder):
-    from keras_ov2.models import presets
-
-    if "://" not in preset and not presets.has_weights(folder):
-        print(f"Note: preset {preset!r} has no weights; using random weights.", file=sys.stderr)
-
-
-def resolve(preset):
+def check_preset(preset):
+    """The architecture of a preset (no download for a name), or a one-line
+    failure for a name or folder that does not exist."""
     from keras_ov2.models import presets
 
     try:
-        return preset if "://" in preset else presets.resolve(preset, load_weights=False)
+        return presets.resolve(preset, load_weights=False)
     except ValueError as error:
         raise CliError(str(error)) from None
+
+
+def resolve(preset, random_weights=False):
+    """A preset name, folder or hub handle -> (what `from_preset` loads,
+    load_weights). A released name is downloaded and converted on the fly,
+    or refused offline with the fix; a preset without weights is refused.
+    Random weights only with `--random-weights`, and then said on stdout."""
+    from keras_ov2.models import presets
+
+    try:
+        folder = presets.resolve(preset, load_weights=not random_weights)
+    except ValueError as error:  # unknown name, a release that does not convert
+        raise CliError(str(error)) from None
+    except OSError as error:  # no weights, no hub, a broken download
+        raise CliError(
+            f"{error} To run on random weights anyway, pass --random-weights."
+        ) from None
+    if random_weights:
+        print(f"Using random weights (--random-weights): {preset} is not trained.", flush=True)
+    return folder, not random_weights
+
+
+def preset_file(preset, name):
+    """A preset's JSON file (local folder or hub handle), or None."""
+    from keras_hub.src.utils.preset_utils import check_file_exists
+    from keras_hub.src.utils.preset_utils import load_json
+
+    return load_json(preset, name) if check_file_exists(preset, name) else None
+
+
+def preset_image_size(preset):
+    """The image size a preset was trained at: its image converter, else its metadata."""
+    converter = preset_file(preset, "image_converter.json")
+    if converter and converter["config"].get("image_size"):
+        return int(converter["config"]["image_size"][0])
+    metadata = preset_file(preset, "metadata.json")
+    return metadata and metadata.get("image_size")
+
+
+def is_captioner(preset):
+    return preset_file(preset, "task.json") is not None
 
 
 def open_data(path):
@@ -115,7 +151,7 @@ def run_pretrain(args):
     from keras_ov2.training import DEFAULT_PRESET
     from keras_ov2.training import pretrain
 
-    resolve(args.preset or DEFAULT_PRESET)
+    check_preset(args.preset or DEFAULT_PRESET)
     dataset = None if args.data is None else open_data(args.data)
     if args.caption_field is None and dataset is not None:
         args.caption_field = "caption"
@@ -141,19 +177,18 @@ def run_pretrain(args):
 def run_caption(args):
     import numpy as np
 
-    from keras_ov2.training.pretrain import load_captioner
+    from keras_ov2 import OpenVision2Captioner
     from keras_ov2.data.augment import resize
     from keras_ov2.training.pretrain import tidy
 
     images = [read_image(path) for path in args.images]
-    folder = resolve(args.preset)
-    if "://" not in folder and not (Path(folder) / "task.json").is_file():
+    if not is_captioner(check_preset(args.preset)):  # before any download
         raise CliError(
             f"preset {args.preset!r} holds an encoder only (no task.json); `ov2 caption` "
             "needs a captioner preset, such as the folder `ov2 pretrain` writes."
         )
-    load_weights_note(args.preset, folder)
-    captioner = load_captioner(args.preset)
+    folder, weights = resolve(args.preset, args.random_weights)
+    captioner = OpenVision2Captioner.from_preset(folder, load_weights=weights)
     size = captioner.preprocessor.image_converter.image_size[0]
     length = args.max_length or captioner.preprocessor.sequence_length
     for start in range(0, len(images), args.batch_size):
@@ -163,34 +198,17 @@ def run_caption(args):
             print(f"{path}: {tidy(caption)}", flush=True)
 
 
-def preset_image_size(folder):
-    """The image size a preset was trained at: its image converter, else its metadata."""
-    folder = Path(folder)
-    converter = folder / "image_converter.json"
-    if converter.is_file():
-        size = json.loads(converter.read_text())["config"].get("image_size")
-        if size:
-            return int(size[0])
-    metadata = folder / "metadata.json"
-    if metadata.is_file():
-        return json.loads(metadata.read_text()).get("image_size")
-    return None
-
-
 def run_embed(args):
     import numpy as np
 
     from keras_ov2 import OpenVision2Backbone
     from keras_ov2 import OpenVision2ImageConverter
-    from keras_ov2.models import presets
 
     images = [read_image(path) for path in args.images]
-    folder = resolve(args.preset)
-    size = args.image_size or ("://" not in folder and preset_image_size(folder))
+    folder, weights = resolve(args.preset, args.random_weights)
+    size = args.image_size or preset_image_size(folder)
     if not size:
         raise CliError(f"preset {args.preset!r} does not say its image size; pass --image-size.")
-    load_weights_note(args.preset, folder)
-    weights = "://" in folder or presets.has_weights(folder)
     backbone = OpenVision2Backbone.from_preset(folder, load_weights=weights)
     converter = OpenVision2ImageConverter(image_size=(size, size))
     x = np.stack([np.asarray(converter(image)) for image in images])
@@ -201,6 +219,41 @@ def run_embed(args):
     np.save(out, features)
     kind = "patch tokens" if args.tokens else "pooled features"
     print(f"Wrote {kind} {features.shape} {features.dtype} of {len(images)} images to {out}")
+
+
+def cache_state(name):
+    """How a released preset's weights stand in the conversion cache."""
+    from keras_ov2.convert.hub import converted_folder
+    from keras_ov2.models import presets
+
+    metadata = presets.list_presets()[name]
+    if not metadata.get("source"):
+        return "config only (pretrain from it)"
+    folder = converted_folder(metadata["source"])
+    if not presets.has_weights(folder):
+        return "not converted yet"
+    saved = json.loads((folder / "metadata.json").read_text())
+    revision = saved.get("source_revision")
+    return f"cached ({saved['converted_by']}" + (f", revision {revision[:10]})" if revision else ")")
+
+
+def run_presets(args):
+    from keras_ov2.models import presets
+
+    rows = [("name", "params", "image", "source", "weights")]
+    for name, metadata in presets.list_presets().items():
+        rows.append((
+            name, f"{metadata['params'] / 1e6:.1f}M", f"{metadata.get('image_size', '-')} px",
+            (metadata.get("source") or "-").removeprefix("hf://"), cache_state(name),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def add_random_weights(parser):
+    parser.add_argument("--random-weights", action="store_true",
+                        help="use the preset's architecture with random weights (no download)")
 
 
 def build_parser():
@@ -245,6 +298,7 @@ def build_parser():
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--max-length", type=int, help="tokens to generate (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=32)
+    add_random_weights(p)
     p.set_defaults(run=run_caption)
 
     p = commands.add_parser("embed", help="encode image files into features (.npy)")
@@ -255,7 +309,11 @@ def build_parser():
     p.add_argument("--tokens", action="store_true",
                    help="save the patch tokens (B, N, D) instead of pooled (B, D)")
     p.add_argument("--batch-size", type=int, default=32)
+    add_random_weights(p)
     p.set_defaults(run=run_embed)
+
+    p = commands.add_parser("presets", help="list the presets, their sources and cached weights")
+    p.set_defaults(run=run_presets)
 
     from keras_ov2.data.cli import add_data_parser
 

@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# No test may reach the real Hugging Face Hub: huggingface_hub reads this when
+# imported; tests of downloads point it at tests.local_hub instead.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # Load the backend before anything imports TensorFlow: with the torch build the
 # tests install (2.14.1, CUDA, with Triton), importing Triton after TensorFlow
 # crashes the interpreter, while the other order works.

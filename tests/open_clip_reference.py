@@ -142,6 +142,97 @@ def parity_releases(tmp_path_factory):
     return folder
 
 
+# Releases as the authors publish them, for tests.local_hub to serve under
+# their Hub ids: OpenVision (v1) as a whole CLIP (vision tower and a small
+# text tower), OpenVision 2 vision-only, its config written with the fields
+# of the authors' fork and no norm_kwargs (the fork builds its LayerNorms with
+# eps 1e-6 anyway, so the reference tower is built that way).
+FORK_ONLY_FIELDS = ("in_channels",)
+SMALL_TEXT_CFG = {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2,
+                  "layers": 1, "no_causal_mask": True, "pool_type": "last"}
+
+
+def fork_vision_config(width, layers, patch, heads, image_size, pos_embed_type="learnable"):
+    vision = vision_config(width, layers, patch, heads, image_size)
+    del vision["norm_kwargs"]
+    vision.update(pos_embed_type=pos_embed_type, output_tokens=True, patch_dropout=0.0,
+                  ls_init_value=None, attentional_pool=False, in_channels=3)
+    return vision
+
+
+HUB_RELEASES = {
+    # repo id: spec. TI16's Hub id is the shipped preset's source.
+    "UCSC-VLAA/openvision-vit-tiny-patch16-160": {
+        "form": "clip", "embed_dim": 192, "vision_cfg": vision_config(192, 12, 16, 3, 160),
+        "weights": ("bin",),
+    },
+    "someone/openvision2-tiny-vision-only": {
+        "form": "vision_only", "embed_dim": 48,
+        "vision_cfg": fork_vision_config(48, 2, 8, 4, 32), "weights": ("bin", "safetensors"),
+    },
+    "someone/openvision2-tiny-vision-only-sincos": {
+        "form": "vision_only", "embed_dim": 48, "prefix": "",
+        "vision_cfg": fork_vision_config(48, 2, 8, 4, 32, "sin_cos_2d"),
+        "weights": ("safetensors",),
+    },
+}
+
+
+def hub_releases(tmp_path_factory):
+    """The session's Hub folder (HUB_RELEASES under hub/<repo id>/) and the
+    towers' outputs on random images (outputs/<owner>--<name>.npz)."""
+    folder = tmp_path_factory.getbasetemp() / "open_clip_hub_reference"
+    if not (folder / "done").exists():
+        process = start(folder, {"hub_releases": HUB_RELEASES})
+        if process.wait(timeout=600):
+            raise RuntimeError(f"the open_clip reference failed; see its output ({folder})")
+        (folder / "done").write_text("")
+    return folder
+
+
+def build_config(written):
+    """What upstream open_clip needs to build the tower the fork builds from
+    `written`: eps 1e-6, no fork-only fields."""
+    vision = {k: v for k, v in written.items() if k not in FORK_ONLY_FIELDS}
+    vision.setdefault("norm_kwargs", {"eps": 1e-6})
+    return vision
+
+
+def write_hub_release(folder, outputs_path, spec, seed):
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"embed_dim": spec["embed_dim"], "vision_cfg": spec["vision_cfg"]}
+    built = {"model_cfg": {**written, "vision_cfg": build_config(spec["vision_cfg"])}}
+    if spec["form"] == "clip":
+        from open_clip.model import CLIP
+
+        written["text_cfg"] = SMALL_TEXT_CFG
+        model = CLIP(spec["embed_dim"], built["model_cfg"]["vision_cfg"], SMALL_TEXT_CFG).eval()
+        tower = model.visual
+        tower.output_tokens = True
+        randomize(tower, seed)
+        state = model.state_dict()
+    else:
+        tower = build_tower(built)
+        randomize(tower, seed)
+        prefix = spec.get("prefix", "visual.")
+        state = {prefix + k: v for k, v in tower.state_dict().items()}
+    config = {"model_cfg": written, "preprocess_cfg": open_clip_config(0, {})["preprocess_cfg"]}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in state.items()}
+    if "bin" in spec["weights"]:
+        torch.save(state, folder / "open_clip_pytorch_model.bin")
+    if "safetensors" in spec["weights"]:
+        from safetensors.torch import save_file
+
+        save_file(state, str(folder / "open_clip_model.safetensors"))
+    size = spec["vision_cfg"]["image_size"]
+    images = np.random.default_rng(seed).normal(size=(2, size, size, 3)).astype("float32")
+    outputs_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(outputs_path, **outputs(tower, images))
+
+
 def build_tower(config):
     from open_clip.model import _build_vision_tower
 
@@ -161,10 +252,9 @@ def randomize(tower, seed):
     width = tower.class_embedding.shape[0]
     table = np.concatenate([np.zeros((1, width)), sincos_table(*grid, width)])
     with torch.no_grad():
+        tower.positional_embedding.copy_(torch.from_numpy(table.astype("float32")))
         for name, param in tower.named_parameters():
-            if name == "positional_embedding":
-                param.copy_(torch.from_numpy(table.astype("float32")))
-            elif param.ndim == 1 and name != "class_embedding":
+            if param.ndim == 1 and name != "class_embedding":
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
 
 
@@ -254,6 +344,9 @@ def main(folder):
     request = json.loads((folder / "request.json").read_text())
     for seed, (name, spec) in enumerate(sorted(request.get("releases", {}).items())):
         write_release(folder / name, spec, seed)
+    for seed, (repo, spec) in enumerate(sorted(request.get("hub_releases", {}).items())):
+        outputs_path = folder / "outputs" / (repo.replace("/", "--") + ".npz")
+        write_hub_release(folder / "hub" / repo, outputs_path, spec, seed)
     exports = request.get("exports", [])
     deadline = time.monotonic() + 600  # gives up if the test process died
     while exports and not (folder / "exports_ready").exists():

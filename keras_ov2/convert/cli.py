@@ -28,6 +28,8 @@ def add_convert_parser(subparsers):
                    "width is none of the authors' sizes")
     p.add_argument("--to", choices=("keras", "open_clip"), default="keras",
                    help="direction (default keras)")
+    p.add_argument("--refresh", action="store_true",
+                   help="convert again even if the cache (or OUT_DIR) already holds it")
     p.add_argument("--safetensors", action="store_true",
                    help="with --to open_clip: write open_clip_model.safetensors, not .bin")
     p.set_defaults(run=run_convert)
@@ -35,10 +37,18 @@ def add_convert_parser(subparsers):
 
 def to_keras(args):
     from keras_ov2.convert import convert_to_preset
+    from keras_ov2.convert.to_preset import target
+    from keras_ov2.models.presets import has_weights
 
+    goal = target(args.source, args.out_dir, args.preset)
+    if goal.cached and has_weights(goal.out_dir) and not args.refresh:
+        metadata = json.loads((goal.out_dir / "metadata.json").read_text())
+        print(f"Already converted: {goal.out_dir} (from {metadata['converted_from']}, "
+              f"{metadata['converted_by']}); --refresh converts it again.")
+        return
     out = convert_to_preset(args.source, args.out_dir, preset=args.preset,
                             projection=args.projection, image_size=args.image_size,
-                            num_heads=args.num_heads)
+                            num_heads=args.num_heads, refresh=args.refresh)
     metadata = json.loads((Path(out) / "metadata.json").read_text())
     kind = "captioner" if (Path(out) / "task.json").exists() else "encoder"
     print(f"Wrote the {kind} preset {out} ({metadata['params']:,} parameters) "
@@ -56,11 +66,11 @@ def to_open_clip(args):
 
     if not args.out_dir:
         raise CliError("--to open_clip needs an output folder.")
-    folder = resolve(args.source)
+    folder, _ = resolve(args.source)
     size = args.image_size or preset_image_size(folder)
     if not size:
         raise CliError(f"preset {args.source!r} does not say its image size; pass --image-size.")
-    backbone = OpenVision2Backbone.from_preset(args.source)
+    backbone = OpenVision2Backbone.from_preset(folder)
     path = save_open_clip(backbone, args.out_dir, image_size=size, safetensors=args.safetensors)
     print(f"Wrote {path} and open_clip_config.json ({size} px) from {args.source}.")
 

@@ -6,7 +6,9 @@ says which files to download and the one command that converts them.
 """
 
 import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 from keras_ov2.convert.reading import OPEN_CLIP_CONFIG
 from keras_ov2.convert.reading import OPEN_CLIP_WEIGHTS
@@ -45,13 +47,16 @@ def how_to_convert(handle, preset=None):
     if preset:
         command = f"ov2 convert FOLDER --preset {preset}"
         load = f'OpenVision2Backbone.from_preset("{preset}") (or "{handle}")'
+        alone = (f' OpenVision2Backbone.from_preset("{preset}", load_weights=False) '
+                 "builds the architecture alone, with random weights.")
     else:
         command = "ov2 convert FOLDER OUT_DIR"
         load = "OpenVision2Backbone.from_preset(OUT_DIR)"
+        alone = ""
     return (
-        f"Download {OPEN_CLIP_CONFIG} and {OPEN_CLIP_WEIGHTS[1]} (or "
-        f"{OPEN_CLIP_WEIGHTS[0]}) from {url} into a folder FOLDER, convert "
-        f"them with `{command}`, then load {load}."
+        f"To get the weights without a network: download {OPEN_CLIP_CONFIG} "
+        f"and {OPEN_CLIP_WEIGHTS[1]} (or {OPEN_CLIP_WEIGHTS[0]}) from {url} "
+        f"into a folder FOLDER, convert them with `{command}`, then load {load}.{alone}"
     )
 
 
@@ -59,8 +64,23 @@ class MissingFileError(LookupError):
     """The repository exists but has no such file."""
 
 
+class Release(NamedTuple):
+    """An open_clip release downloaded into huggingface_hub's cache."""
+
+    config: Path
+    weights: Path
+    revision: str | None  # the Hub commit the files are from
+
+
+def revision_of(path):
+    """The commit of a file in huggingface_hub's cache (.../snapshots/<commit>/file)."""
+    name = Path(path).parent.name
+    return name if re.fullmatch(r"[0-9a-f]{40}", name) else None
+
+
 def fetch(repo, filename):
-    """One file of a Hub repository -> local path (huggingface_hub's cache)."""
+    """One file of a Hub repository -> local path (huggingface_hub's cache,
+    with its progress bar)."""
     import huggingface_hub
     from huggingface_hub import errors
 
@@ -74,11 +94,20 @@ def fetch(repo, filename):
         ) from None
 
 
+def unreachable(error):
+    """Whether a download error means "no network" rather than "it broke"."""
+    from huggingface_hub import errors
+
+    offline = (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, ConnectionError)
+    return isinstance(error, offline) or "connect" in type(error).__name__.lower()
+
+
 def download_open_clip(handle, preset=None):
-    """(config path, weights path) of the open_clip release at `handle`.
+    """The open_clip release at `handle` (a `Release`).
 
     Raises `NotOpenClipError` when the repository has no open_clip config
-    (it may be a KerasHub preset), `HubUnavailableError` when offline.
+    (it may be a KerasHub preset), `HubUnavailableError` when offline or when
+    a download breaks off.
     """
     repo = repo_id(handle)
     try:
@@ -95,16 +124,21 @@ def download_open_clip(handle, preset=None):
             raise NotOpenClipError(f"{handle} holds no {OPEN_CLIP_CONFIG}.") from None
         for name in OPEN_CLIP_WEIGHTS:
             try:
-                return config, fetch(repo, name)
+                weights = fetch(repo, name)
             except MissingFileError:
                 continue
+            return Release(config, weights, revision_of(weights))
     except ValueError:  # no such repository, or not an open_clip one
         raise
-    except Exception as error:  # no network (LocalEntryNotFoundError), timeouts, server errors
+    except Exception as error:  # no network, timeouts, server errors, broken downloads
+        what = (
+            "the Hugging Face Hub is not reachable"
+            if unreachable(error)
+            else "the download failed"
+        )
         raise HubUnavailableError(
-            f"Cannot convert {handle} on the fly: the Hugging Face Hub is not "
-            f"reachable ({type(error).__name__}: {error}). "
-            f"{how_to_convert(handle, preset)}"
+            f"Cannot convert {handle} on the fly: {what} "
+            f"({type(error).__name__}: {error}). {how_to_convert(handle, preset)}"
         ) from None
     raise FileNotFoundError(
         f"{handle} has {OPEN_CLIP_CONFIG} but none of {', '.join(OPEN_CLIP_WEIGHTS)}."

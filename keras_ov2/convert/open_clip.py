@@ -11,35 +11,53 @@ one, which the backbone recomputes itself.
 
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from keras import ops
 
 from keras_ov2.convert import reading
 from keras_ov2.convert.checkpoint import Checkpoint
 from keras_ov2.convert.checkpoint import CheckpointError
+from keras_ov2.convert.checkpoint import read_array
 from keras_ov2.layers import sincos_2d_table
 from keras_ov2.layers.image_normalization import IMAGENET_MEAN
 from keras_ov2.layers.image_normalization import IMAGENET_STD
 from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
 
-# vision_cfg fields that must hold these values for the OpenVision network.
-REQUIRED = {
-    "no_ln_pre": True,
-    "pool_type": "avg",
-    "final_ln_after_pool": True,
+# What each vision_cfg field of the authors' open_clip fork (and of upstream
+# open_clip) may hold for the network to be the OpenVision encoder. Fields
+# that size the network are read by `architecture`; a field not listed here
+# is refused, as open_clip itself would refuse it.
+SIZING = ("layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size")
+REQUIRED = {"no_ln_pre": True, "pool_type": "avg", "final_ln_after_pool": True}
+ALLOWED_VALUES = {
+    "in_channels": (3,),
+    # A learnable-type table is accepted when it holds the fixed sin-cos one
+    # (checked against the weights, `check_position_table`).
+    "pos_embed_type": ("learnable", "sin_cos_2d"),
+    "act_kwargs": (None, {}, {"approximate": "none"}),
 }
-# vision_cfg fields that must stay off (their open_clip defaults).
-UNSUPPORTED = (
-    "timm_model_name", "ls_init_value", "attentional_pool", "act_kwargs",
-    "qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner",
-    "scale_attn", "scale_fc", "block_type",
+MUST_BE_OFF = (
+    "ls_init_value", "attentional_pool", "block_type", "qk_norm",
+    "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn",
+    "scale_fc", "timm_model_name",
 )
+# Training-only, output-format or unused-unless-enabled fields.
+NO_EFFECT = (
+    "patch_dropout", "output_tokens", "attn_pooler_queries", "attn_pooler_heads",
+    "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias",
+    "timm_drop", "timm_drop_path",
+)
+# The fork builds every vision LayerNorm with eps 1e-6 whatever the config
+# says; upstream open_clip honours norm_kwargs. Absent: the fork's 1e-6.
+FORK_LAYER_NORM_EPSILON = 1e-6
 # Keys of a whole CLIP outside `visual.`: the text tower, which keras_ov2
 # does not hold (it is a vision encoder library).
 TEXT_TOWER_KEYS = ("text.", "token_embedding.", "positional_embedding", "transformer.",
                    "ln_final.", "text_projection", "logit_scale", "logit_bias")
-# Position tables of the authors' float32 exports match ours to ~1e-6; a
-# learned or differently laid-out table is off by O(1).
+# Position tables of the authors' float32 exports match ours to ~1e-6, and
+# a half-precision copy to its rounding (values in [-1, 1]); a learned or
+# differently laid-out table is off by O(1).
 POSITION_TOLERANCE = 1e-3
 
 
@@ -57,6 +75,50 @@ def image_size(config, origin):
     return int(height), int(width)
 
 
+def check_vision_fields(vision, origin):
+    """Refuses any vision_cfg field whose value makes another network."""
+    known = set(SIZING) | set(REQUIRED) | set(ALLOWED_VALUES) | set(MUST_BE_OFF)
+    for field, value in vision.items():
+        if field in REQUIRED and value != REQUIRED[field]:
+            raise CheckpointError(
+                f"{origin}: vision_cfg.{field} is {value!r}; an OpenVision "
+                f"encoder has {field}={REQUIRED[field]!r}."
+            )
+        if field in ALLOWED_VALUES and value not in ALLOWED_VALUES[field]:
+            allowed = " or ".join(repr(v) for v in ALLOWED_VALUES[field])
+            raise CheckpointError(
+                f"{origin}: vision_cfg.{field}={value!r} is not part of the "
+                f"OpenVision encoder (expected {allowed})."
+            )
+        if field in MUST_BE_OFF and value:
+            raise CheckpointError(
+                f"{origin}: vision_cfg.{field}={value!r} is not part of the "
+                "OpenVision encoder."
+            )
+        if field not in known | set(NO_EFFECT) | {"norm_kwargs"}:
+            raise CheckpointError(
+                f"{origin}: unknown vision_cfg field {field!r} (open_clip would "
+                "refuse it too); keras_ov2 cannot tell what network it describes."
+            )
+    for field, value in REQUIRED.items():
+        if field not in vision:
+            raise CheckpointError(
+                f"{origin}: vision_cfg.{field} is missing; an OpenVision encoder "
+                f"has {field}={value!r}."
+            )
+
+
+def layer_norm_epsilon(vision, origin):
+    """norm_kwargs' eps when given, else the authors' fork's 1e-6."""
+    norm_kwargs = vision.get("norm_kwargs") or {}
+    if set(norm_kwargs) - {"eps"}:
+        raise CheckpointError(
+            f"{origin}: vision_cfg.norm_kwargs={norm_kwargs!r}; only eps can be "
+            "set for the OpenVision encoder's LayerNorms."
+        )
+    return float(norm_kwargs.get("eps", FORK_LAYER_NORM_EPSILON))
+
+
 def architecture(config, origin="open_clip config"):
     """OpenVision2Backbone keyword arguments from an open_clip configuration,
     or an error naming the field that makes it a different network."""
@@ -64,18 +126,7 @@ def architecture(config, origin="open_clip config"):
     vision = model_cfg["vision_cfg"]
     if model_cfg.get("quick_gelu"):
         raise CheckpointError(f"{origin}: quick_gelu is set; OpenVision uses exact GELU.")
-    for field, value in REQUIRED.items():
-        if vision.get(field) != value:
-            raise CheckpointError(
-                f"{origin}: vision_cfg.{field} is {vision.get(field)!r}; an "
-                f"OpenVision encoder has {field}={value!r}."
-            )
-    for field in UNSUPPORTED:
-        if vision.get(field):
-            raise CheckpointError(
-                f"{origin}: vision_cfg.{field}={vision[field]!r} is not part of "
-                "the OpenVision encoder."
-            )
+    check_vision_fields(vision, origin)
     if not isinstance(vision.get("layers"), int):
         raise CheckpointError(f"{origin}: vision_cfg.layers must be an int (a ViT).")
     preprocess = config.get("preprocess_cfg", {})
@@ -97,7 +148,7 @@ def architecture(config, origin="open_clip config"):
         num_layers=vision["layers"],
         num_heads=width // head_width,
         intermediate_dim=int(width * vision.get("mlp_ratio", 4.0)),
-        layer_norm_epsilon=(vision.get("norm_kwargs") or {}).get("eps", 1e-5),
+        layer_norm_epsilon=layer_norm_epsilon(vision, origin),
     )
 
 
@@ -116,16 +167,17 @@ def has_head(state_dict, projection):
     if projection is not None:
         return projection
     proj = state_dict.get(vision_prefix(state_dict) + "proj")
-    return proj is not None and not is_identity(proj)
+    return proj is not None and not is_identity(read_array(proj))
 
 
 def check_position_table(checkpoint, key, grid, dim):
     height, width = grid
     stored = checkpoint.get(key, (height * width + 1, dim))
+    tolerance = max(POSITION_TOLERANCE, 2 * float(ml_dtypes.finfo(stored.dtype).eps))
     table = ops.convert_to_numpy(sincos_2d_table(height, width, dim))
     expected = np.concatenate([np.zeros((1, dim), "float32"), table])
-    error = float(np.max(np.abs(stored - expected)))
-    if error > POSITION_TOLERANCE:
+    error = float(np.max(np.abs(stored.astype("float32") - expected)))
+    if error > tolerance:
         raise CheckpointError(
             f"{checkpoint.origin}: {key!r} is not the fixed 2-D sin-cos table "
             f"(zero CLS row) of a {height}x{width} grid (max difference {error:.3g}); "
@@ -151,12 +203,12 @@ def schedule(backbone, checkpoint, prefix, grid):
     for i, block in enumerate(backbone.transformer_layers):
         b = f"{p}transformer.resblocks.{i}."
         attention = block.attention
-        qkv = checkpoint.get(b + "attn.in_proj_weight", (3 * dim, dim))
-        qkv_bias = checkpoint.get(b + "attn.in_proj_bias", (3 * dim,))
         for j, dense in enumerate((attention.query, attention.key, attention.value)):
             rows = slice(j * dim, (j + 1) * dim)
-            checkpoint.put(dense.kernel, qkv[rows].T, b + "attn.in_proj_weight")
-            checkpoint.put(dense.bias, qkv_bias[rows], b + "attn.in_proj_bias")
+            checkpoint.take(dense.kernel, b + "attn.in_proj_weight", (3 * dim, dim),
+                            transform=lambda w, rows=rows: w[rows].T)
+            checkpoint.take(dense.bias, b + "attn.in_proj_bias", (3 * dim,),
+                            transform=lambda w, rows=rows: w[rows])
         layers = (
             ("ln_1", block.attention_norm, None),
             ("attn.out_proj", attention.output_dense, (dim, dim)),

@@ -1,17 +1,21 @@
-"""Reads checkpoint files into flat `{key: numpy array}` dicts, safely.
+"""Reads checkpoint files into flat `{key: array}` dicts, safely, without torch.
 
-PyTorch pickles are opened with `torch.load(weights_only=True)` only: a file
-that would run code or build anything but tensors is refused, never run.
+PyTorch files are read by `torch_zip`, which rebuilds tensors and refuses
+any other object a pickle names, so a malicious file never runs code;
+`.safetensors` through safetensors' NumPy API. Tensors come back as
+`StoredArray`s, read one at a time when a converter assigns them.
 """
 
 import json
-import pickle
-import re
+import struct
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
+from keras_ov2.convert import torch_zip
 from keras_ov2.convert.checkpoint import CheckpointError
+from keras_ov2.convert.checkpoint import StoredArray
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -25,70 +29,58 @@ def require_file(path, what):
     return path
 
 
-def import_torch(path):
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            f"Reading {path} needs PyTorch (pip install torch), or convert it "
-            "to .safetensors first."
-        ) from None
-    return torch
-
-
-def to_numpy(tensor, torch):
-    tensor = tensor.detach().cpu()
-    if tensor.is_floating_point() and tensor.dtype != torch.float64:
-        tensor = tensor.to(torch.float32)  # numpy has no bfloat16
-    return tensor.numpy()
+def is_array(value):
+    return isinstance(value, (StoredArray, np.ndarray))
 
 
 def read_torch(path):
-    torch = import_torch(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # A pickle can only reach code through a global it names.
-        found = re.search(r"Unsupported global: (GLOBAL \S+)", str(error))
-        if not found:
-            raise CheckpointError(
-                f"{path}: not a readable PyTorch checkpoint (torch.load with "
-                "weights_only=True cannot parse it)."
-            ) from None
-        raise CheckpointError(
-            f"{path}: refused to load: this pickle calls {found.group(1)}, so it "
-            "could run code when loaded. keras_ov2 only opens PyTorch files with "
-            "torch.load(weights_only=True); use a checkpoint from a source you "
-            "trust, ideally as .safetensors."
-        ) from None
-    except (RuntimeError, EOFError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error}).") from None
+    payload = torch_zip.load(path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]  # a training checkpoint
-    if not isinstance(payload, dict) or not all(
-        isinstance(v, torch.Tensor) for v in payload.values()
-    ):
+    if not isinstance(payload, dict) or not all(is_array(v) for v in payload.values()):
         raise CheckpointError(f"{path}: expected a state dict (names -> tensors).")
-    return {key.removeprefix("module."): to_numpy(v, torch) for key, v in payload.items()}
+    return {key.removeprefix("module."): value for key, value in payload.items()}
+
+
+def safetensors_bfloat16(path, header_size, entry):
+    """One BF16 tensor, which safetensors' NumPy API cannot represent."""
+    start, end = entry["data_offsets"]
+    with open(path, "rb") as file:
+        file.seek(8 + header_size + start)
+        data = file.read(end - start)
+    return np.frombuffer(data, ml_dtypes.bfloat16).reshape(entry["shape"])
 
 
 def read_safetensors(path):
     from safetensors import SafetensorError
     from safetensors import safe_open
 
+    def reader(key):
+        def read():
+            if header[key]["dtype"] == "BF16":
+                return safetensors_bfloat16(path, header_size, header[key])
+            with safe_open(str(path), framework="np") as file:
+                return file.get_tensor(key)
+        return read
+
     try:
-        torch = import_torch(path)
-        framework = "pt"
-    except ImportError:
-        torch, framework = None, "np"
-    try:
-        with safe_open(str(path), framework=framework) as file:
-            return {
-                key: to_numpy(file.get_tensor(key), torch) if torch else file.get_tensor(key)
-                for key in file.keys()
-            }
-    except (SafetensorError, OSError) as error:
+        with open(path, "rb") as file:
+            (header_size,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(header_size))
+        with safe_open(str(path), framework="np") as file:  # validates the layout
+            keys = list(file.keys())
+    except (SafetensorError, OSError, ValueError, struct.error) as error:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({error}).") from None
+    dtypes = {"BF16": ml_dtypes.bfloat16, "F16": "float16", "F32": "float32",
+              "F64": "float64", "I64": "int64", "I32": "int32", "I16": "int16",
+              "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+    arrays = {}
+    for key in keys:
+        kind = header[key]["dtype"]
+        if kind not in dtypes:
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {kind}.")
+        arrays[key] = StoredArray(header[key]["shape"], dtypes[kind], reader(key))
+    return arrays
 
 
 def read_state_dict(path):

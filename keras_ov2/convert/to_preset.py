@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from keras_ov2.convert import hub
 from keras_ov2.convert import jax_params
@@ -115,7 +116,7 @@ def load_source(path, preset=None, projection=None, image_size=None, num_heads=N
     return load_open_clip_source(config_path, weights, preset, projection)
 
 
-def metadata_for(backbone, source, origin, preset, image_size):
+def metadata_for(backbone, source, origin, preset, image_size, revision=None):
     if preset:
         metadata = dict(presets.list_presets()[preset])
     else:
@@ -129,6 +130,8 @@ def metadata_for(backbone, source, origin, preset, image_size):
         converted_from=origin,
         converted_by=f"keras_ov2 {__version__}",
     )
+    if revision:
+        metadata["source_revision"] = revision
     return metadata
 
 
@@ -137,12 +140,15 @@ def check_output(out):
         raise FileExistsError(f"Output folder {out} exists and is not empty.")
 
 
-def write_preset(out, backbone, decoder, image_size, metadata):
+def write_preset(out, backbone, decoder, image_size, metadata, replace=False):
     """Writes the folder next to `out` and renames it into place, so an
-    interrupted conversion leaves no half-written preset."""
+    interrupted conversion leaves no half-written preset. `replace` swaps out
+    an existing folder (the caller holds the cache lock)."""
     out = Path(out)
-    check_output(out)
+    if not replace:
+        check_output(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    retired = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -163,23 +169,25 @@ def write_preset(out, backbone, decoder, image_size, metadata):
         saved = json.loads(path.read_text())
         path.write_text(json.dumps({**saved, **metadata}, indent=4))
         if out.exists():
-            out.rmdir()
+            os.replace(out, retired)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     return out
 
 
-def convert_to_preset(source, out_dir=None, preset=None, projection=None,
-                      image_size=None, num_heads=None):
-    """Converts `source` into a preset folder and returns its path.
+class Target(NamedTuple):
+    """What a conversion reads and where it writes."""
 
-    `source`: a folder with open_clip_config.json and open_clip weights, an
-    open_clip weights file, a JAX `.npz`, an `hf://` handle, or a released
-    preset name. `preset`: the released preset these weights are (inferred
-    for hf handles and preset names). `out_dir`: where to write; by default
-    the conversion cache of the preset's source.
-    """
+    source: str  # a path, or the hf:// handle of the release
+    preset: str | None  # the released preset the weights are
+    out_dir: Path
+    cached: bool  # out_dir is the conversion cache (shared, locked)
+
+
+def target(source, out_dir=None, preset=None):
+    """Resolves a preset name to its release and the output to the cache."""
     source = str(source)
     if source in presets.list_presets():
         preset = preset or source
@@ -188,16 +196,55 @@ def convert_to_preset(source, out_dir=None, preset=None, projection=None,
         preset = preset_for_source(source)
     if preset is not None:
         source_for_preset(preset)  # a clear error for a name that is not released
-    handle = source if source.startswith(hub.SCHEME) else None
-    if out_dir is None:
-        if not (handle or preset):
-            raise ValueError("Give an output folder, or a released preset to convert into.")
-        out_dir = hub.converted_folder(handle or source_for_preset(preset))
-    check_output(Path(out_dir))
-    if handle:
-        config_path, weights = hub.download_open_clip(handle, preset)
+    if out_dir is not None:
+        return Target(source, preset, Path(out_dir), False)
+    if not (source.startswith(hub.SCHEME) or preset):
+        raise ValueError("Give an output folder, or a released preset to convert into.")
+    handle = source if source.startswith(hub.SCHEME) else source_for_preset(preset)
+    return Target(source, preset, hub.converted_folder(handle), True)
+
+
+def cache_lock(folder):
+    """One conversion at a time per cache entry, across processes."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder.with_name(folder.name + ".lock")))
+
+
+def convert_to_preset(source, out_dir=None, preset=None, projection=None,
+                      image_size=None, num_heads=None, refresh=False):
+    """Converts `source` into a preset folder and returns its path.
+
+    `source`: a folder with open_clip_config.json and open_clip weights, an
+    open_clip weights file, a JAX `.npz`, an `hf://` handle, or a released
+    preset name. `preset`: the released preset these weights are (inferred
+    for hf handles and preset names). `out_dir`: where to write; by default
+    the conversion cache of the preset's source, which is reused unless
+    `refresh` (another process converting the same release waits for it).
+    `refresh` also replaces an existing `out_dir`.
+    """
+    goal = target(source, out_dir, preset)
+    if not goal.cached:
+        if not refresh:
+            check_output(goal.out_dir)
+        return convert(goal, projection, image_size, num_heads, replace=refresh)
+    if presets.has_weights(goal.out_dir) and not refresh:
+        return goal.out_dir  # a finished conversion (renamed into place whole)
+    with cache_lock(goal.out_dir):
+        if presets.has_weights(goal.out_dir) and not refresh:  # made while we waited
+            return goal.out_dir
+        return convert(goal, projection, image_size, num_heads, replace=True)
+
+
+def convert(goal, projection, image_size, num_heads, replace):
+    source, preset = goal.source, goal.preset
+    revision = None
+    if source.startswith(hub.SCHEME):
+        release = hub.download_open_clip(source, preset)
+        revision = release.revision
         backbone, decoder, size, skipped = load_open_clip_source(
-            config_path, weights, preset, projection
+            release.config, release.weights, preset, projection
         )
     else:
         backbone, decoder, size, skipped = load_source(
@@ -208,11 +255,14 @@ def convert_to_preset(source, out_dir=None, preset=None, projection=None,
             f"{source} holds a caption decoder too; its captioner preset needs the "
             "image size: pass image_size (ov2 convert --image-size)."
         )
-    named = handle or (source_for_preset(preset) if preset else str(Path(source).resolve()))
-    metadata = metadata_for(backbone, named, source, preset, size)
+    if source.startswith(hub.SCHEME):
+        named = source
+    else:
+        named = source_for_preset(preset) if preset else str(Path(source).resolve())
+    metadata = metadata_for(backbone, named, source, preset, size, revision)
     if skipped:
         metadata["not_converted"] = skipped
-    return write_preset(out_dir, backbone, decoder, size, metadata)
+    return write_preset(goal.out_dir, backbone, decoder, size, metadata, replace)
 
 
 def resolve_handle(handle):
@@ -220,9 +270,6 @@ def resolve_handle(handle):
     a conversion now (cached); a handle without open_clip files passes
     through to KerasHub. Even with `load_weights=False` the release is
     converted: its files are its only description of the architecture."""
-    cached = hub.converted_folder(handle)
-    if presets.has_weights(cached):
-        return str(cached)
     try:
         return str(convert_to_preset(handle))
     except hub.NotOpenClipError:

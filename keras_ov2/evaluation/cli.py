@@ -33,6 +33,8 @@ def add_eval_parser(subparsers, error):
                    help="test images (default: 500 scenes; a quarter of a folder)")
     p.add_argument("--random-baseline", action="store_true", help="also probe a randomly "
                    "initialised encoder of the same architecture")
+    p.add_argument("--random-weights", action="store_true",
+                   help="evaluate the preset's architecture with random weights (no download)")
     p.add_argument("--features", choices=sorted(FEATURES), default="both", help="probe "
                    "input: the pooled output, a grid of mean patch tokens, or both (default)")
     p.add_argument("--grid", type=positive_int, default=2,
@@ -52,28 +54,23 @@ def load_models(args, error):
     """(encoder, captioner or None, preset folder, image size)."""
     from keras_ov2 import OpenVision2Backbone
     from keras_ov2 import OpenVision2Captioner
-    from keras_ov2.cli import load_weights_note
+    from keras_ov2.cli import is_captioner
     from keras_ov2.cli import preset_image_size
-    from keras_ov2.models import presets
+    from keras_ov2.cli import resolve
 
-    try:
-        folder = presets.resolve(args.preset, load_weights=False)
-    except ValueError as problem:
-        raise error(str(problem)) from None
-    is_captioner = "://" not in folder and (Path(folder) / "task.json").is_file()
-    if args.zero_shot and not is_captioner:
+    folder, weights = resolve(args.preset, args.random_weights)
+    captioner_preset = is_captioner(folder)
+    if args.zero_shot and not captioner_preset:
         raise error(f"preset {args.preset!r} holds an encoder only (no task.json); "
                     "--zero-shot scores captions and needs a captioner preset.")
-    load_weights_note(args.preset, folder)
     captioner, size = None, args.image_size
-    weights = "://" in folder or presets.has_weights(folder)
-    if is_captioner:
+    if captioner_preset:
         captioner = OpenVision2Captioner.from_preset(folder, load_weights=weights)
         encoder = captioner.backbone
         size = size or captioner.preprocessor.image_converter.image_size[0]
     else:
         encoder = OpenVision2Backbone.from_preset(folder, load_weights=weights)
-        size = size or ("://" not in folder and preset_image_size(folder))
+        size = size or preset_image_size(folder)
     if not size:
         raise error(f"preset {args.preset!r} does not say its image size; pass --image-size.")
     return encoder, captioner, folder, int(size)

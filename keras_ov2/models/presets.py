@@ -2,6 +2,7 @@
 
 import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from keras_hub.src.utils.preset_utils import register_presets
@@ -23,22 +24,8 @@ def has_weights(folder):
     return any((Path(folder) / name).exists() for name in WEIGHT_FILES)
 
 
-def resolve(preset, load_weights=True):
-    """Turns a preset name or folder into a path KerasHub can load.
-
-    An `hf://` handle of an open_clip release is converted (and cached) by
-    `keras_ov2.convert`; other hub handles pass through unchanged. A released
-    preset without weights stands for its cached conversion if there is one;
-    else, when weights are asked for, it raises an error that says how to
-    get them. `preset` may be a `str` or a `pathlib.Path`.
-    """
-    preset = str(preset)
-    if preset.startswith("hf://"):
-        from keras_ov2.convert.to_preset import resolve_handle
-
-        return resolve_handle(preset)
-    if "://" in preset:
-        return preset
+def shipped_folder(preset):
+    """The package's folder of a preset name, else the folder `preset` names."""
     folder = PRESETS_DIR / preset
     if not (folder / "config.json").exists():
         folder = Path(preset)
@@ -54,28 +41,80 @@ def resolve(preset, load_weights=True):
             f"Unknown preset {preset!r}: it is neither a keras_ov2 preset "
             f"name nor a folder holding a config.json.{hint}"
         )
-    metadata = folder / "metadata.json"
-    source = metadata.exists() and json.loads(metadata.read_text()).get("source")
+    return folder
+
+
+def release_of(folder):
+    """The released checkpoint (hf://...) a preset folder stands for, or None."""
+    metadata = Path(folder) / "metadata.json"
+    return metadata.exists() and json.loads(metadata.read_text()).get("source") or None
+
+
+def resolve(preset, load_weights=True):
+    """Turns a preset name or folder into a path KerasHub can load.
+
+    An `hf://` handle of an open_clip release is converted (and cached) by
+    `keras_ov2.convert`; other hub handles pass through to KerasHub. A
+    released preset stands for its cached conversion; when there is none and
+    weights are asked for, the release is downloaded and converted now (or,
+    offline, the error says how to do it by hand). With `load_weights=False`
+    a released name never touches the network: its architecture ships here.
+    `preset` may be a `str` or a `pathlib.Path`.
+    """
+    preset = str(preset)
+    if preset.startswith("hf://"):
+        from keras_ov2.convert.to_preset import resolve_handle
+
+        return resolve_handle(preset)
+    if "://" in preset:
+        return preset
+    folder = shipped_folder(preset)
+    source = release_of(folder)
     if source and not has_weights(folder):
         from keras_ov2.convert.hub import converted_folder
 
         if has_weights(converted_folder(source)):
             return str(converted_folder(source))
+        if load_weights:
+            from keras_ov2.convert.to_preset import convert_to_preset
+
+            return str(convert_to_preset(source))
     if load_weights and not has_weights(folder):
-        origin = (
-            f" Its weights are the released checkpoint {source}: load that "
-            "handle to convert it on the fly, or download its files and run "
-            f"`ov2 convert FOLDER --preset {folder.name}`,"
-            if source
-            else " It is a configuration to pretrain from (see `ov2 pretrain`):"
-        )
         raise FileNotFoundError(
             f"Preset {preset!r} has no weights in {folder} (no "
-            f"{' or '.join(WEIGHT_FILES)}).{origin} or pass "
-            "load_weights=False to build this architecture with random "
-            "weights."
+            f"{' or '.join(WEIGHT_FILES)}). It is a configuration to pretrain "
+            "from (see `ov2 pretrain`): pass load_weights=False to build this "
+            "architecture with random weights."
         )
     return str(folder)
+
+
+class KerasHubEntry(Mapping):
+    """A preset as KerasHub's registry holds it. KerasHub reads
+    `["kaggle_handle"]` each time it opens a built-in name's files, so
+    computing it then makes `keras_hub.models.Backbone.from_preset(name)`
+    load the converted weights (converting them first when needed)."""
+
+    def __init__(self, name, metadata):
+        self.name = name
+        self.metadata = metadata
+
+    def __getitem__(self, key):
+        if key == "metadata":
+            return self.metadata
+        if key == "kaggle_handle":
+            released = bool(self.metadata.get("source"))
+            return resolve(self.name, load_weights=released)
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(("metadata", "kaggle_handle"))
+
+    def __len__(self):
+        return 2
+
+    def __repr__(self):
+        return f"KerasHubEntry({self.name!r})"
 
 
 def register(backbone_cls):
@@ -83,7 +122,7 @@ def register(backbone_cls):
     `keras_hub.models.Backbone.from_preset(name)`."""
     register_presets(
         {
-            name: {"metadata": metadata, "kaggle_handle": str(PRESETS_DIR / name)}
+            name: KerasHubEntry(name, metadata)
             for name, metadata in list_presets().items()
         },
         backbone_cls,
