@@ -10,7 +10,9 @@ open_clip_model.safetensors, then converts each into the preset
   it minus VmRSS before it; Keras, JAX and keras_ov2 already imported), the
   Keras model it builds included;
 - ratio: extra_MB / the weights file's size (target <= 2.5, so that g/14,
-  1B parameters, converts on an ordinary host);
+  1B parameters, converts on an ordinary host), and extra_MB / the float32
+  weights the model holds (the same for a float32 file; a bfloat16 file is
+  half as big as what it converts to);
 - seconds, and the reader: keras_ov2's own (no torch; tensors read one at a
   time) beside `torch.load(weights_only=True)` + a dict of NumPy arrays
   (how conversion read `.bin` files before), for scale.
@@ -125,8 +127,10 @@ def run_worker(folder, weights, reader):
         convert_to_preset(path.parent if preset else path, out, preset=preset,
                           projection=False if not preset else None)
     seconds = time.perf_counter() - start
+    metadata = json.loads((out / "metadata.json").read_text())
     print_result({
         "file_mb": path.stat().st_size / 2**20,
+        "float32_mb": metadata["parameter_count"] * 4 / 2**20,
         "extra_mb": (proc_status_kb("VmHWM") - baseline) / 1024,
         "baseline_mb": baseline / 1024,
         "seconds": seconds,
@@ -152,12 +156,12 @@ def main(argv=None):
     print(f"\n{machine()}; JAX backend; "
           f"ViT-L/14 @224, {args.depth} blocks")
     print(f"{'weights file, reader':36} | {'file MB':>8} | {'extra MB':>8} | "
-          f"{'ratio':>5} | {'s':>5} | baseline MB")
-    print("-" * 90)
+          f"{'/ file':>6} | {'/ f32 weights':>13} | {'s':>5} | baseline MB")
+    print("-" * 104)
     for label, r in results.items():
         print(f"{label:36} | {r['file_mb']:8.0f} | {r['extra_mb']:8.0f} | "
-              f"{r['extra_mb'] / r['file_mb']:5.2f} | {r['seconds']:5.1f} | "
-              f"{r['baseline_mb']:.0f}")
+              f"{r['extra_mb'] / r['file_mb']:6.2f} | {r['extra_mb'] / r['float32_mb']:13.2f} | "
+              f"{r['seconds']:5.1f} | {r['baseline_mb']:.0f}")
 
 
 if __name__ == "__main__":

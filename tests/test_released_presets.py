@@ -381,3 +381,28 @@ def test_cache_holds_no_partial_folder_after_a_failed_conversion(online, hub_roo
     folder = cache[0] / "converted"
     assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
     assert not presets.has_weights(folder / TI16_REPO.replace("/", "--"))
+
+
+OV2_RELEASED = sorted(n for n, m in presets.list_presets().items()
+                      if m.get("source") and m["family"] == "openvision2")
+
+
+@pytest.mark.parametrize("name", OV2_RELEASED)
+def test_the_forks_config_of_every_openvision2_release_fits_its_preset(name):
+    """A vision-only config as the fork writes it (no norm_kwargs) describes
+    exactly the preset's architecture, eps 1e-6 included: before, every OV2
+    release was refused ("layer_norm_epsilon=1e-05, the preset 1e-06")."""
+    from keras_ov2.convert.export import mlp_ratio
+    from keras_ov2.convert.to_preset import check_architecture
+    from keras_ov2.convert.to_preset import preset_config
+
+    config = preset_config(name)
+    width, heads = config["hidden_dim"], config["num_heads"]
+    vision = open_clip_reference.fork_vision_config(
+        width, config["num_layers"], config["patch_size"], heads,
+        presets.list_presets()[name]["image_size"],
+    ) | {"mlp_ratio": mlp_ratio(width, config["intermediate_dim"])}
+    arch = open_clip_convert.architecture({"model_cfg": {"embed_dim": width,
+                                                          "vision_cfg": vision}})
+    check_architecture(arch, name, "the fork's config")  # raises on any difference
+    assert arch["layer_norm_epsilon"] == 1e-6

@@ -111,8 +111,14 @@ def save_open_clip(backbone, folder, image_size=224, safetensors=False):
         path = folder / OPEN_CLIP_WEIGHTS[0]
         save_file(state, str(path))
     else:
-        import torch
-
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(
+                f"Writing {OPEN_CLIP_WEIGHTS[1]} needs PyTorch (pip install torch); "
+                f"safetensors=True (ov2 convert --to open_clip --safetensors) writes "
+                f"{OPEN_CLIP_WEIGHTS[0]} without it, which open_clip loads too."
+            ) from None
         path = folder / OPEN_CLIP_WEIGHTS[1]
         torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
     return path

@@ -224,18 +224,30 @@ def view_extent(storage, offset, size, stride):
 
 
 def read_view(storage, offset, extent, shape, strides):
-    """Reads the bytes the view spans; the tensor, as a new C-ordered array."""
+    """Reads the bytes the view spans straight into a new array; the tensor,
+    C-ordered (one copy only when the view is not already that)."""
     itemsize = storage.dtype.itemsize
+    flat = np.empty(extent, storage.dtype)
     try:
         with zipfile.ZipFile(storage.path) as archive, archive.open(storage.member) as member:
             member.seek(offset * itemsize)
-            data = member.read(extent * itemsize)
+            filled = member.readinto(flat.view(np.uint8)) if extent else 0
     except ZIP_ERRORS as error:
         raise unreadable(storage.path, f"{storage.member}: {error}") from None
-    if len(data) != extent * itemsize:
+    if filled != extent * itemsize:
         raise unreadable(storage.path, f"{storage.member} is truncated")
-    flat = np.frombuffer(data, storage.dtype)
     if storage.swap:
-        flat = flat.byteswap()
+        flat.byteswap(inplace=True)
+    if strides == contiguous_strides(shape) and flat.size == int(np.prod(shape)):
+        return flat.reshape(shape)
     view = np.lib.stride_tricks.as_strided(flat, shape, [s * itemsize for s in strides])
     return np.array(view, order="C")
+
+
+def contiguous_strides(shape):
+    """The element strides of a C-ordered array of `shape`."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
