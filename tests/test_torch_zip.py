@@ -142,12 +142,9 @@ def test_load_reads_no_storage_and_read_only_its_own(tmp_path, monkeypatch):
 NO_TORCH = """
 import json, sys
 
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"{name} is refused in this test")
+from tests.load_without_torch import BlockTorch
 
-sys.meta_path.insert(0, NoTorch())
+sys.meta_path.insert(0, BlockTorch())
 try:
     import torch
 except ImportError:

@@ -48,6 +48,7 @@ NO_EFFECT = (
     "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias",
     "timm_drop", "timm_drop_path",
 )
+KNOWN_FIELDS = {*SIZING, *REQUIRED, *ALLOWED_VALUES, *MUST_BE_OFF, *NO_EFFECT, "norm_kwargs"}
 # The fork builds every vision LayerNorm with eps 1e-6 whatever the config
 # says; upstream open_clip honours norm_kwargs. Absent: the fork's 1e-6.
 FORK_LAYER_NORM_EPSILON = 1e-6
@@ -77,7 +78,6 @@ def image_size(config, origin):
 
 def check_vision_fields(vision, origin):
     """Refuses any vision_cfg field whose value makes another network."""
-    known = set(SIZING) | set(REQUIRED) | set(ALLOWED_VALUES) | set(MUST_BE_OFF)
     for field, value in vision.items():
         if field in REQUIRED and value != REQUIRED[field]:
             raise CheckpointError(
@@ -95,7 +95,7 @@ def check_vision_fields(vision, origin):
                 f"{origin}: vision_cfg.{field}={value!r} is not part of the "
                 "OpenVision encoder."
             )
-        if field not in known | set(NO_EFFECT) | {"norm_kwargs"}:
+        if field not in KNOWN_FIELDS:
             raise CheckpointError(
                 f"{origin}: unknown vision_cfg field {field!r} (open_clip would "
                 "refuse it too); keras_ov2 cannot tell what network it describes."
