@@ -383,9 +383,9 @@ with setup.scope():  # train inside the distribution
         open_source("/data/recap_shards/*.array_record"), image_size=84,
         global_batch_size=32_768, caption_field="re_caption", num_workers=16,
     )
-    captioner.start_stage(84, total_steps=390_625, learning_rate=1.024e-3,
+    captioner.start_stage(84, total_steps=390_981, learning_rate=1.024e-3,
                           warmup_steps=1_563)
-    captioner.fit(train, steps_per_epoch=390_625, epochs=1)
+    captioner.fit(train, steps_per_epoch=390_981, epochs=1)
 ```
 
 `setup_training(preset, mesh=..., layout=...)`:
@@ -429,7 +429,7 @@ gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
   export KERAS_BACKEND=jax KERAS_DISTRIBUTION_NUM_PROCESSES=64
   ov2 pretrain --preset openvision2_captioner_vit_large_patch14_84 \
       --data /data/recap_shards --caption-field re_caption --workers 16 \
-      --stages 84:390625:32768:1.024e-3 --mesh data=256 --layout fsdp \
+      --stages 84:390981:32768:1.024e-3:1563 --mesh data=256 --layout fsdp \
       --checkpoint-dir /mnt/shared/ov2_l14/ckpt --checkpoint-every 1000 \
       --output runs/ov2_l14'  # each host saves the final preset on its own disk
 ```

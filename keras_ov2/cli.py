@@ -1,8 +1,9 @@
-"""The `ov2` command: `ov2 pretrain`, `ov2 caption`, `ov2 embed`.
+"""The `ov2` command: `ov2 pretrain`, `ov2 caption`, `ov2 embed`, ...
 
-KERAS_BACKEND defaults to "jax". Importing this module imports `keras_ov2`,
-hence Keras, first; so when the variable was unset and Keras came up on
-another backend (keras.json), `ov2` restarts itself once with it set.
+The Keras backend is `--backend`, else KERAS_BACKEND, else "jax". The
+console script imports `keras_ov2`, hence Keras, before it reads its
+arguments; when Keras came up on another backend than the chosen one, `ov2`
+restarts itself once with KERAS_BACKEND set.
 """
 
 import argparse
@@ -11,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-BACKEND_WAS_SET = "KERAS_BACKEND" in os.environ
+BACKENDS = ("jax", "tensorflow", "torch")
+REQUESTED_BACKEND = os.environ.get("KERAS_BACKEND")  # before the default below
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -23,22 +25,24 @@ class CliError(Exception):
 
 
 def parse_stages(text):
-    """"84:300:32,224:50:16" -> Stages (image_size:steps:batch_size[:learning_rate])."""
+    """"84:300:32,224:50:16" -> Stages (image_size:steps:batch_size[:learning_rate[:warmup]])."""
     from keras_ov2.training import Stage
 
     stages = []
     for part in text.split(","):
         fields = part.strip().split(":")
         try:
-            if len(fields) not in (3, 4):
-                raise ValueError("expected 3 or 4 fields")
+            if not 3 <= len(fields) <= 5:
+                raise ValueError("expected 3 to 5 fields")
             size, steps, batch = (int(f) for f in fields[:3])
-            lr = float(fields[3]) if len(fields) == 4 else None
-            stages.append(Stage(size, steps, batch, learning_rate=lr))
+            lr = float(fields[3]) if len(fields) > 3 and fields[3] else None
+            warmup = int(fields[4]) if len(fields) > 4 else None
+            stages.append(Stage(size, steps, batch, learning_rate=lr, warmup_steps=warmup))
         except ValueError as error:
             raise argparse.ArgumentTypeError(
                 f"bad stage {part!r} ({error}); expected image_size:steps:batch_size"
-                "[:learning_rate] with positive integers, e.g. 84:300:32,224:50:16"
+                "[:learning_rate[:warmup_steps]], e.g. 84:300:32,224:50:16 or "
+                "84:390981:32768:1.024e-3:1563"
             ) from None
     return stages
 
@@ -148,9 +152,12 @@ def check_mesh(mesh, layout, preset):
 
 
 def run_pretrain(args):
+    import keras
+
     from keras_ov2.training import DEFAULT_PRESET
     from keras_ov2.training import pretrain
 
+    print(f"Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
     check_preset(args.preset or DEFAULT_PRESET)
     dataset = None if args.data is None else open_data(args.data)
     if args.caption_field is None and dataset is not None:
@@ -258,6 +265,8 @@ def add_random_weights(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="ov2", description="OpenVision 2 for Keras 3.")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND, else jax)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("pretrain", help="pretrain a captioner by captioning alone")
@@ -270,7 +279,9 @@ def build_parser():
                    'for the built-in scenes, whose long "caption" a tiny model learns slowly; '
                    '"caption" for --data)')
     p.add_argument("--stages", type=parse_stages,
-                   help="image_size:steps:batch_size[:lr],... (default 84:1500:16)")
+                   help="image_size:steps:batch_size[:lr[:warmup_steps]],... (default "
+                   "84:1500:16::75); warmup defaults to steps // 250, as the authors' "
+                   "84 px stage (1,563 of 390,981)")
     p.add_argument("--keep-ratio", type=float, help="fraction of visual tokens kept in training "
                    "(0.35; 1.0 on the built-in scenes, see the README)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="preset folder to write")
@@ -327,21 +338,38 @@ def build_parser():
     return parser
 
 
-def restart_on_jax():
-    """Re-executes `ov2` with KERAS_BACKEND=jax (now in os.environ) when Keras
-    was imported, before this module, on another backend."""
+# Runs `main` from the imported module, not as __main__: a second copy of this
+# module would have its own CliError, which `main` would not catch.
+RESTART = "import sys; from keras_ov2.cli import main; sys.exit(main())"
+
+
+def chosen_backend(args):
+    return args.backend or REQUESTED_BACKEND or "jax"
+
+
+def use_backend(backend, restart):
+    """Runs on `backend`: Keras is already imported, so the console script
+    restarts itself once on another backend; a call from Python cannot."""
     import keras
 
-    if not BACKEND_WAS_SET and keras.backend.backend() != "jax":
-        os.execv(sys.executable, [sys.executable, "-m", "keras_ov2.cli", *sys.argv[1:]])
+    if keras.backend.backend() == backend:
+        return
+    if not restart:
+        raise CliError(f"--backend {backend}: this Python process already runs Keras on "
+                       f"{keras.backend.backend()}; set KERAS_BACKEND before importing Keras.")
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    os.execve(sys.executable, [sys.executable, "-c", RESTART, *sys.argv[1:]], env)
 
 
 def main(argv=None):
     """Runs `ov2 ...`; returns 0, or exits with status 1 (bad input) or 2 (bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None:  # the console script, not a call from Python
-        restart_on_jax()
+    try:
+        use_backend(chosen_backend(args), restart=argv is None)  # argv: a call from Python
+    except CliError as error:
+        print(f"ov2: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)  # Grain's read-ahead advice
@@ -353,5 +381,7 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m keras_ov2.cli: run the imported module's main
+    from keras_ov2.cli import main as run_imported
+
+    sys.exit(run_imported())

@@ -13,3 +13,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # tests install (2.14.1, CUDA, with Triton), importing Triton after TensorFlow
 # crashes the interpreter, while the other order works.
 import keras  # noqa: E402, F401
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_memory_after_each_file():
+    """One process runs the whole suite: without this, Keras' global state
+    and JAX's compiled functions from every file pile up (past 24 GB)."""
+    yield
+    keras.backend.clear_session()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.clear_caches()
+    gc.collect()

@@ -4,29 +4,33 @@ import grain
 import keras
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from keras import ops
 from keras_hub.src.tests.test_case import TestCase
 
 import keras_ov2
 from keras_ov2.data import SyntheticScenes
+from keras_ov2.layers.patch_embedding import PatchEmbedding
 from keras_ov2.models import CaptionLoss
 from keras_ov2.models.openvision2_text_decoder import decoder_attention_mask
 
 SEQUENCE = 16
 SIZE = 64
+RAGGED_PROMPTS = ["", "a red", "two blue circles and"]
 
 
-def tiny_captioner(keep_ratio=0.35, attention_mask="causal", **kwargs):
+def tiny_captioner(keep_ratio=0.35, attention_mask="causal", dtype=None, **kwargs):
     preprocessor = keras_ov2.OpenVision2CaptionerPreprocessor(
         keras_ov2.OpenVision2Tokenizer(),
         keras_ov2.OpenVision2ImageConverter(image_size=(SIZE, SIZE)),
         sequence_length=SEQUENCE,
     )
     backbone = keras_ov2.OpenVision2Backbone(
-        patch_size=16, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64
+        patch_size=16, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64,
+        dtype=dtype,
     )
     decoder = keras_ov2.OpenVision2TextDecoder(
-        32000, 32, 2, 2, 64, attention_mask=attention_mask
+        32000, 32, 2, 2, 64, attention_mask=attention_mask, dtype=dtype
     )
     return keras_ov2.OpenVision2Captioner(
         backbone, decoder, preprocessor, keep_ratio=keep_ratio, seed=1, **kwargs
@@ -42,6 +46,66 @@ def scenes(count=4):
 
 def model_inputs(captioner, images, captions):
     return captioner.preprocessor(images, captions)
+
+
+def greedy_without_cache(captioner, inputs):
+    """Greedy decoding that runs the whole sequence through the model for
+    every new token: the reference a KV cache must reproduce. Prompt
+    positions (`padding_mask`) are kept, as the sampler keeps them."""
+    token_ids = ops.convert_to_numpy(inputs["token_ids"]).copy()
+    prompt = ops.convert_to_numpy(inputs["padding_mask"])
+    vocabulary = captioner.preprocessor.tokenizer.vocabulary_size()
+    for position in range(1, token_ids.shape[1]):
+        current = ops.convert_to_tensor(token_ids)
+        logits = captioner({"images": inputs["images"], "token_ids": current})
+        best = ops.convert_to_numpy(logits)[:, position - 1, :vocabulary].argmax(-1)
+        token_ids[:, position] = np.where(prompt[:, position], token_ids[:, position], best)
+    return token_ids
+
+
+def until_first_new_stop(token_ids, prompt, stop_id):
+    """Each row's positions up to its first generated `stop_id`, included."""
+    ends = (token_ids == stop_id) & ~prompt
+    return np.cumsum(ends, axis=1) - ends == 0
+
+
+def swap_tokens_in_head(captioner, a, b):
+    """Makes the model say token `a` wherever it would have said `b`."""
+    head = captioner.decoder.head.kernel
+    kernel = ops.convert_to_numpy(head).copy()
+    kernel[:, [a, b]] = kernel[:, [b, a]]
+    head.assign(kernel)
+
+
+def dense_and_conv_kernels(model):
+    """Paths of every Dense and convolution kernel, found by layer type."""
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D, PatchEmbedding)
+    return {layer.kernel.path for layer in model._flatten_layers() if isinstance(layer, kinds)}
+
+
+def numpy_log_softmax(logits):
+    """In float64 NumPy, so that no backend op checks itself."""
+    logits = logits.astype("float64")
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def ragged_generation_case(captioner):
+    """Ragged prompts, the model edited so that rows stop at different
+    steps, and the cache-free reference: (inputs, expected ids, kept)."""
+    images, _ = scenes(3)
+    inputs = captioner.preprocessor.generate_preprocess(
+        {"images": images, "prompts": RAGGED_PROMPTS}, sequence_length=12
+    )
+    prompt = ops.convert_to_numpy(inputs["padding_mask"])
+    assert prompt.sum(1).tolist() == [1, 3, 5]  # [bos] + the prompt
+    # [eos] replaces row 0's 3rd word wherever the model would say it.
+    eos = captioner.preprocessor.tokenizer.end_token_id
+    swap_tokens_in_head(captioner, eos, greedy_without_cache(captioner, inputs)[0, 3])
+    expected = greedy_without_cache(captioner, inputs)
+    kept = until_first_new_stop(expected, prompt, eos)
+    assert not kept.all() and len(set(kept.sum(1))) > 1, expected
+    return inputs, expected, kept
 
 
 class CaptionerTest(TestCase):
@@ -65,23 +129,82 @@ class CaptionerTest(TestCase):
         wrong = captioner.score(images, captions[1:] + captions[:1])
         assert np.all(right > wrong)
 
-    def test_kv_cache_generation_equals_full_recomputation(self):
+    @parameterized.product(
+        attention_mask=["causal", "prefix"], dtype=["float32", "mixed_bfloat16"]
+    )
+    def test_kv_cache_generation_equals_full_recomputation(self, attention_mask, dtype):
+        keras.utils.set_random_seed(1)
+        captioner = tiny_captioner(attention_mask=attention_mask, dtype=dtype)
+        inputs, expected, kept = ragged_generation_case(captioner)
+        eos = captioner.preprocessor.tokenizer.end_token_id
+        generated = captioner.generate_step(inputs, stop_token_ids=[eos])
+        np.testing.assert_array_equal(ops.convert_to_numpy(generated["padding_mask"]), kept)
+        cached = ops.convert_to_numpy(generated["token_ids"])
+        np.testing.assert_array_equal(np.where(kept, cached, -1), np.where(kept, expected, -1))
+
+    def test_generate_continues_ragged_prompts_until_eos(self):
         keras.utils.set_random_seed(1)
         captioner = tiny_captioner()
-        images, _ = scenes(2)
-        inputs = captioner.preprocessor.generate_preprocess(images, sequence_length=10)
-        cached = ops.convert_to_numpy(
-            captioner.generate_step(inputs, stop_token_ids=None)["token_ids"]
+        _, expected, _ = ragged_generation_case(captioner)
+        images, _ = scenes(3)
+        captions = captioner.generate(
+            {"images": images, "prompts": RAGGED_PROMPTS}, max_length=12
         )
-        # Greedy decoding without a cache: the whole sequence every step.
-        token_ids = ops.convert_to_numpy(inputs["token_ids"]).copy()
-        vocabulary = captioner.preprocessor.tokenizer.vocabulary_size()
-        for position in range(1, token_ids.shape[1]):
-            current = ops.convert_to_tensor(token_ids)
-            logits = captioner({"images": inputs["images"], "token_ids": current})
-            logits = ops.convert_to_numpy(logits)[:, position - 1, :vocabulary]
-            token_ids[:, position] = logits.argmax(-1)
-        np.testing.assert_array_equal(cached, token_ids)
+        assert captions == captioner.preprocessor.generate_postprocess(expected)
+        assert captions[1].startswith("a red")
+
+    @parameterized.parameters("causal", "prefix")
+    def test_cached_decoder_logits_equal_a_full_pass(self, attention_mask):
+        rng = np.random.default_rng(0)
+        visual = rng.normal(size=(2, 5, 8)).astype("float32")
+        token_ids = rng.integers(3, 30000, size=(2, 7)).astype("int32")
+        decoder = keras_ov2.OpenVision2TextDecoder(
+            32000, 16, 2, 2, 32, attention_mask=attention_mask
+        )
+        full = ops.convert_to_numpy(decoder(visual, token_ids))
+        # Prefill [visual; 3 tokens], then one token per call.
+        cache = decoder.empty_cache(2, 5 + 7, "float32")
+        logits, cache = decoder.call_with_cache(token_ids[:, :3], cache, 0, visual)
+        steps = [ops.convert_to_numpy(logits)]
+        for i in range(3, 7):
+            logits, cache = decoder.call_with_cache(token_ids[:, i : i + 1], cache, 5 + i)
+            steps.append(ops.convert_to_numpy(logits))
+        np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+    def test_score_is_the_log_likelihood_of_one_forward_pass(self):
+        captioner = tiny_captioner()
+        images, captions = scenes(3)
+        x, _, _ = model_inputs(captioner, images, captions)
+        log_probs = numpy_log_softmax(ops.convert_to_numpy(captioner(x)))
+        # Position t predicts token t + 1: the word-pieces and [eos], not pads.
+        token_ids = ops.convert_to_numpy(x["token_ids"])
+        targets = token_ids[:, 1:]
+        picked = np.take_along_axis(log_probs[:, :-1], targets[..., None], -1)[..., 0]
+        counted = targets != captioner.preprocessor.tokenizer.pad_token_id
+        assert len(set(counted.sum(1))) > 1  # lengths differ: normalising matters
+        expected = (picked * counted).sum(1)
+        np.testing.assert_allclose(captioner.score(images, captions), expected, rtol=1e-4)
+        np.testing.assert_allclose(
+            captioner.score(images, captions, length_normalize=True),
+            expected / counted.sum(1),
+            rtol=1e-4,
+        )
+
+    def test_score_one_image_against_many_texts_and_every_pair(self):
+        captioner = tiny_captioner()
+        images, captions = scenes(3)
+        matrix = captioner.score(images, captions, batch_size=2, all_pairs=True)
+        assert matrix.shape == (3, 3)
+        assert not np.allclose(matrix[0], matrix[1])  # rows are different images
+        np.testing.assert_allclose(np.diag(matrix), captioner.score(images, captions), rtol=1e-5)
+        for i in range(3):
+            pairs = captioner.score(images[[i] * 3], captions)
+            np.testing.assert_allclose(matrix[i], pairs, rtol=1e-5)
+            one_image = captioner.score(images[i : i + 1], captions, batch_size=2)
+            np.testing.assert_allclose(one_image, pairs, rtol=1e-5)
+        np.testing.assert_allclose(captioner.score(images[0], captions), matrix[0], rtol=1e-5)
+        with pytest.raises(ValueError, match="all_pairs=True"):
+            captioner.score(images[:2], captions)
 
     def test_loss_equals_a_numpy_token_weighted_mean(self):
         rng = np.random.default_rng(0)
@@ -160,9 +283,26 @@ class CaptionerTest(TestCase):
         captioner.compile(learning_rate=1e-3, total_steps=100, warmup_steps=10)
         optimizer = captioner.optimizer
         assert (optimizer.beta_1, optimizer.beta_2, optimizer.weight_decay) == (0.9, 0.95, 0.2)
+        # The optimizer's own per-variable decision: exactly the kernels.
+        trainable = {v.path for v in captioner.trainable_variables}
         decayed = {v.path for v in captioner.trainable_variables if optimizer._use_weight_decay(v)}
-        assert decayed and all(path.endswith("kernel") for path in decayed)
-        assert "open_vision2_text_decoder/token_embedding/embeddings" not in decayed
+        kernels = dense_and_conv_kernels(captioner)
+        assert decayed == kernels
+        backbone, decoder = captioner.backbone, captioner.decoder
+        block = backbone.transformer_layers[0]
+        assert {
+            backbone.patch_embedding.kernel.path,
+            block.mlp_output.kernel.path,
+            decoder.visual_projection.kernel.path,
+            decoder.head.kernel.path,
+        } <= kernels
+        assert {
+            backbone.class_token.weights[0].path,
+            backbone.encoder_norm.gamma.path,
+            block.mlp_output.bias.path,
+            decoder.token_embedding.embeddings.path,
+            decoder.decoder_norm.beta.path,
+        } <= trainable - decayed
         assert callable(optimizer._learning_rate)  # a schedule, not a constant
         lr = [float(optimizer._learning_rate(step)) for step in (0, 5, 10, 55, 100)]
         assert lr[0] == 0 and abs(lr[1] - 5e-4) < 1e-9 and abs(lr[2] - 1e-3) < 1e-9

@@ -1,6 +1,7 @@
 """The same weights give the same encoder outputs on JAX, TensorFlow and
 PyTorch (float32, 1e-5), at two resolutions. The backend under test computes
-in-process; the two others run in subprocesses on the same saved preset."""
+in-process (the jax run of the suite); the two others run in subprocesses
+on the same saved preset."""
 
 import os
 import subprocess
@@ -12,10 +13,12 @@ import numpy as np
 
 from keras_ov2 import OpenVision2Backbone
 from tests.encode_in_backend import main as encode
+from tests.once_per_suite import once_per_suite
 
 BACKENDS = ("jax", "tensorflow", "torch")
 
 
+@once_per_suite
 def test_outputs_agree_across_backends(tmp_path):
     model = OpenVision2Backbone(
         patch_size=8,

@@ -14,6 +14,8 @@ from keras_ov2.data.parquet_source import ParquetSource
 from keras_ov2.data.record_format import RecordFormatError
 from keras_ov2.data.record_format import decode_record
 from keras_ov2.data.record_format import encode_record
+from keras_ov2.data.record_split import RecordRange
+from keras_ov2.data.record_split import split_held_out
 from keras_ov2.data.source_base import SourceError
 from keras_ov2.data.sources import open_source
 from keras_ov2.data.webdataset_source import WebDatasetSource

@@ -11,10 +11,14 @@ class PatchEmbedding(keras.layers.Layer):
     The convolution is VALID like the authors': when H or W is not a multiple
     of the patch size, the last `H % p` rows and `W % p` columns are dropped.
     The kernel is stored HWIO, (p, p, 3, D), as in the JAX checkpoints.
+    The convolution runs in the weights' dtype, float32 under
+    "mixed_bfloat16" as the authors keep it; only its output is cast to the
+    compute dtype.
     """
 
     def __init__(self, hidden_dim, patch_size, **kwargs):
-        super().__init__(**kwargs)
+        # No autocast: inputs reach `convolve` unrounded.
+        super().__init__(autocast=False, **kwargs)
         self.hidden_dim = hidden_dim
         self.patch_size = patch_size
 
@@ -24,6 +28,7 @@ class PatchEmbedding(keras.layers.Layer):
             name="kernel",
             shape=(self.patch_size, self.patch_size, 3, self.hidden_dim),
             initializer="he_uniform",
+            autocast=False,  # read in its own dtype, whatever the scope
         )
 
     def check_image_shape(self, shape):
@@ -48,7 +53,11 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, images):
         self.check_image_shape(tuple(images.shape))
-        images = ops.cast(images, self.compute_dtype)
+        return ops.cast(self.convolve(images), self.compute_dtype)
+
+    def convolve(self, images):
+        """The patch grid in the weights' dtype."""
+        images = ops.cast(images, self.variable_dtype)
         return ops.conv(
             images, self.kernel, strides=self.patch_size, padding="valid"
         )

@@ -55,7 +55,7 @@ class OpenVision1TextEncoder(keras.layers.Layer):
             vocabulary_size,
             hidden_dim,
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
-            dtype=self.dtype_policy,
+            dtype=self.variable_dtype,  # float32 under mixed precision
             name="token_embedding",
         )
         self.transformer_layers = text_transformer_layers(
@@ -87,6 +87,7 @@ class OpenVision1TextEncoder(keras.layers.Layer):
         self.position_embedding = self.add_weight(
             shape=(1, self.max_sequence_length, self.hidden_dim),
             initializer=keras.initializers.RandomNormal(stddev=0.01),
+            autocast=False,  # read in float32 under mixed precision
             name="position_embedding",
         )
         self.token_embedding.build(None)
@@ -104,8 +105,10 @@ class OpenVision1TextEncoder(keras.layers.Layer):
                 f"token ids per text (its position table); received {length}."
             )
         length = length or ops.shape(token_ids)[1]
+        # Token + position embeddings add up in float32, as the authors';
+        # the blocks then run in the compute dtype.
         positions = ops.convert_to_tensor(self.position_embedding)[:, :length]
-        x = self.token_embedding(token_ids) + ops.cast(positions, self.compute_dtype)
+        x = ops.cast(self.token_embedding(token_ids) + positions, self.compute_dtype)
         for block in self.transformer_layers:
             x = block(x)
         pooled = self.encoder_norm(x[:, -1])

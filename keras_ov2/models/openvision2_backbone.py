@@ -3,6 +3,8 @@
 import keras
 import keras_hub
 from keras import ops
+from keras_hub.src.utils.preset_utils import CONFIG_FILE
+from keras_hub.src.utils.preset_utils import load_json
 
 from keras_ov2.distribution import layouts
 from keras_ov2.layers import ClassToken
@@ -10,6 +12,19 @@ from keras_ov2.layers import PatchEmbedding
 from keras_ov2.layers import SinCos2DPositionEmbedding
 from keras_ov2.layers import TransformerBlock
 from keras_ov2.models import presets
+
+
+def with_saved_mixed_policy(preset, kwargs):
+    """`from_preset` kwargs that reload a preset saved in mixed precision in
+    its own policy: KerasHub would load the global policy (a backbone) or
+    fail on "mixed_bfloat16" (a task). An explicit `dtype` wins."""
+    if kwargs.get("dtype") is not None:
+        return kwargs
+    saved = load_json(preset, CONFIG_FILE)["config"].get("dtype")
+    name = saved.get("config", {}).get("name", "") if isinstance(saved, dict) else ""
+    if name.startswith("mixed_"):
+        return {**kwargs, "dtype": name}
+    return kwargs
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
@@ -163,4 +178,5 @@ class OpenVision2Backbone(keras_hub.models.Backbone):
         then `load_weights=True` raises an error that says how.
         """
         preset = presets.resolve(preset, load_weights)
+        kwargs = with_saved_mixed_policy(preset, kwargs)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)

@@ -14,12 +14,30 @@ from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models import presets
 from keras_ov2.models.caption_loss import CaptionLoss
 from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2_backbone import with_saved_mixed_policy
 from keras_ov2.models.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
 from keras_ov2.models.recipe_optimizer import recipe_optimizer
 
 BERT_MASK_ID = 103
+
+
+def score_pairs(num_images, num_texts, all_pairs):
+    """(image index, text index) of every score `score` returns, in order."""
+    if all_pairs:
+        return np.repeat(np.arange(num_images), num_texts), np.tile(
+            np.arange(num_texts), num_images
+        )
+    if num_images == 1:
+        return np.zeros(num_texts, "int64"), np.arange(num_texts)
+    if num_images == num_texts:
+        return np.arange(num_images), np.arange(num_texts)
+    raise ValueError(
+        f"score() pairs images[i] with texts[i], or one image with every "
+        f"text; received {num_images} images and {num_texts} texts. Pass "
+        "all_pairs=True to score every image against every text."
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
@@ -60,8 +78,10 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         self.backbone = backbone
         self.decoder = decoder
         self.preprocessor = preprocessor
+        # Pixels reach the patch convolution in its weights' dtype (float32
+        # under mixed precision), as the authors'.
         self.image_normalization = ImageNormalization(
-            dtype=backbone.dtype_policy, name="image_normalization"
+            dtype=backbone.variable_dtype, name="image_normalization"
         )
         self.token_masking = VisualTokenMasking(
             keep_ratio, seed=seed, name="visual_token_masking"
@@ -166,7 +186,10 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         """One compiled generation pass over a batch, with a KV cache.
 
         The whole [visual; prompt] prefix fills the cache once; each new
-        token then runs one position through the decoder.
+        token then runs one position through the decoder. Prompts may differ
+        in length (`generate({"images": ..., "prompts": [...]})`): decoding
+        starts after the shortest, and the sampler keeps each row's own
+        prompt tokens (`padding_mask`) where a longer prompt is still going.
         """
         token_ids = inputs["token_ids"]
         padding_mask = inputs["padding_mask"]
@@ -216,29 +239,56 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
             padding_mask = ops.logical_not(ops.cast(after_end, "bool"))
         return {"token_ids": token_ids, "padding_mask": padding_mask}
 
-    def score(self, images, texts, batch_size=32):
-        """Log-likelihood of each text given its image: (B,) float32 NumPy.
+    def score(
+        self, images, texts, batch_size=32, all_pairs=False, length_normalize=False
+    ):
+        """Log-likelihood of texts given images, as float32 NumPy.
 
-        `images[i]` is paired with `texts[i]`; the sum runs over the caption's
-        word-pieces and its `[eos]`, as in the loss. For zero-shot
-        classification, score each image against every class caption and
-        take the argmax.
+        Zero-shot classification asks which text an image makes most likely,
+        so three layouts are accepted:
+
+        - B images and B texts: `images[i]` with `texts[i]`, (B,) scores.
+        - one image, (H, W, 3) or (1, H, W, 3), and N texts: (N,) scores.
+        - `all_pairs=True`: every image against every text, a (B, N) matrix
+          laid out as open_clip's `logits_per_image` (row = image).
+
+        The sum runs over the caption's word-pieces and its `[eos]`, as in
+        the loss; `length_normalize=True` divides it by their count (the
+        mean per token), so that longer texts are not penalised for their
+        length. Each image is encoded once per batch of `batch_size` texts.
         """
         if self.preprocessor is None:
             raise ValueError("score() needs a preprocessor to tokenize texts.")
-        scores = []
-        for start in range(0, len(texts), batch_size):
-            x, y, weights = self.preprocessor(
-                images[start : start + batch_size],
-                list(texts[start : start + batch_size]),
+        images = ops.convert_to_numpy(images)
+        if images.ndim == 3:
+            images = images[None]
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows, columns = score_pairs(len(images), len(texts), all_pairs)
+        scores = np.concatenate([
+            self._score_batch(
+                images[rows[start : start + batch_size]],
+                [texts[j] for j in columns[start : start + batch_size]],
+                rows[start : start + batch_size],
+                length_normalize,
             )
-            logits = self(x, training=False)
-            log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-            picked = ops.take_along_axis(log_probs, ops.expand_dims(y, -1), axis=-1)
-            scores.append(
-                ops.convert_to_numpy(ops.sum(picked[..., 0] * weights, axis=-1))
-            )
-        return np.concatenate(scores)
+            for start in range(0, len(rows), batch_size)
+        ])
+        return scores.reshape(len(images), len(texts)) if all_pairs else scores
+
+    def _score_batch(self, images, texts, image_ids, length_normalize):
+        """Scores aligned image/text lists, encoding each distinct image of
+        `image_ids` (which image each row holds) once."""
+        x, targets, weights = self.preprocessor(images, texts)
+        _, first, which = np.unique(image_ids, return_index=True, return_inverse=True)
+        visual = self.encode_images(ops.take(x["images"], first, axis=0))
+        visual = ops.take(visual, which.reshape(-1), axis=0)
+        logits = self.decoder(visual, x["token_ids"])
+        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+        picked = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)
+        scores = ops.sum(picked[..., 0] * weights, axis=-1)
+        if length_normalize:
+            scores = scores / ops.sum(weights, axis=-1)
+        return ops.convert_to_numpy(scores)
 
     @staticmethod
     def get_layout_map(device_mesh, config, mode="fsdp"):
@@ -254,6 +304,7 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         """Loads a captioner preset by name or folder (see `from_preset` of
         `OpenVision2Backbone` for names, folders and missing weights)."""
         preset = presets.resolve(preset, load_weights)
+        kwargs = with_saved_mixed_policy(preset, kwargs)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):

@@ -86,7 +86,7 @@ class OpenVision2TextDecoder(keras.layers.Layer):
             vocabulary_size,
             hidden_dim,
             embeddings_initializer=normal(0.02),
-            dtype=self.dtype_policy,
+            dtype=self.variable_dtype,  # float32 under mixed precision
             name="token_embedding",
         )
         self.transformer_layers = text_transformer_layers(
@@ -149,9 +149,10 @@ class OpenVision2TextDecoder(keras.layers.Layer):
         self.head.build(sequence_shape)
 
     def embed(self, visual_tokens, token_ids):
-        """[projected visual tokens; token embeddings] along the sequence."""
+        """[projected visual tokens; token embeddings] along the sequence, in
+        the blocks' compute dtype (the lookup runs in the weights' dtype)."""
         parts = [] if visual_tokens is None else [self.visual_projection(visual_tokens)]
-        parts.append(self.token_embedding(token_ids))
+        parts.append(ops.cast(self.token_embedding(token_ids), self.compute_dtype))
         return ops.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def logits(self, hidden, num_text):

@@ -14,6 +14,7 @@ from keras_ov2.models.caption_loss import CaptionLoss
 from keras_ov2.models.contrastive_loss import dual_contrastive_loss
 from keras_ov2.models.openvision1_preprocessor import OpenVision1Preprocessor
 from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2_backbone import with_saved_mixed_policy
 from keras_ov2.models.recipe_optimizer import recipe_optimizer
 
 
@@ -72,8 +73,10 @@ class OpenVisionCLIPS(keras_hub.models.Task):
         self.text_encoder = text_encoder
         self.decoder = decoder
         self.preprocessor = preprocessor
+        # Pixels reach the patch convolution in its weights' dtype (float32
+        # under mixed precision), as the authors'.
         self.image_normalization = ImageNormalization(
-            dtype=backbone.dtype_policy, name="image_normalization"
+            dtype=backbone.variable_dtype, name="image_normalization"
         )
         self.contrastive_logits = ContrastiveLogits(name="contrastive_logits")
 
@@ -193,6 +196,7 @@ class OpenVisionCLIPS(keras_hub.models.Task):
         """Loads a task preset by name or folder (see `from_preset` of
         `OpenVision2Backbone` for names, folders and missing weights)."""
         preset = presets.resolve(preset, load_weights)
+        kwargs = with_saved_mixed_policy(preset, kwargs)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):
@@ -209,7 +213,14 @@ class OpenVisionCLIPS(keras_hub.models.Task):
     def from_config(cls, config):
         config = dict(config)
         for part in ("text_encoder", "decoder"):
-            config[part] = keras.layers.deserialize(config[part])
+            layer = config[part]
+            if isinstance(config["backbone"], dict):
+                # As in `OpenVision2Captioner.from_config`: the text towers
+                # follow the backbone's policy, which `from_preset(dtype=...)`
+                # sets alone.
+                dtype = config["backbone"]["config"]["dtype"]
+                layer = {**layer, "config": {**layer["config"], "dtype": dtype}}
+            config[part] = keras.layers.deserialize(layer)
         return super().from_config(config)
 
 
