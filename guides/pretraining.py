@@ -56,7 +56,7 @@ from keras_ov2.data import JsonlFolderSource
 from keras_ov2.data import SyntheticScenes
 from keras_ov2.data import build_array_record
 from keras_ov2.data import open_source
-from keras_ov2.data.pipeline import make_pretraining_dataset
+from keras_ov2.data import make_pretraining_dataset
 from keras_ov2.training.pretrain import Stage
 from keras_ov2.training.pretrain import pretrain
 

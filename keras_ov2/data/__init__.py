@@ -11,6 +11,7 @@ from keras_ov2.data.array_record_source import ArrayRecordSource
 from keras_ov2.data.build import build_array_record
 from keras_ov2.data.jsonl_folder_source import JsonlFolderSource
 from keras_ov2.data.parquet_source import ParquetSource
+from keras_ov2.data.pipeline import make_pretraining_dataset
 from keras_ov2.data.record_format import RecordFormatError
 from keras_ov2.data.record_format import decode_record
 from keras_ov2.data.record_format import encode_record
