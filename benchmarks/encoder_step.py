@@ -25,7 +25,6 @@ matmul in JAX, best of 20) and achieved GFLOP/s come from the analytic count
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from step_measure import machine  # noqa: E402
 
 # (patch, width, depth, heads, MLP width)
 MODELS = {
@@ -184,17 +185,6 @@ def run_open_clip(args):
 # ----------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------
-
-
-def machine():
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores"
 
 
 def load_average():
