@@ -3,8 +3,6 @@
 import keras
 import keras_hub
 from keras import ops
-from keras_hub.src.utils.preset_utils import CONFIG_FILE
-from keras_hub.src.utils.preset_utils import load_json
 
 from keras_ov2.distribution import layouts
 from keras_ov2.layers import ClassToken
@@ -12,19 +10,7 @@ from keras_ov2.layers import PatchEmbedding
 from keras_ov2.layers import SinCos2DPositionEmbedding
 from keras_ov2.layers import TransformerBlock
 from keras_ov2.models import presets
-
-
-def with_saved_mixed_policy(preset, kwargs):
-    """`from_preset` kwargs that reload a preset saved in mixed precision in
-    its own policy: KerasHub would load the global policy (a backbone) or
-    fail on "mixed_bfloat16" (a task). An explicit `dtype` wins."""
-    if kwargs.get("dtype") is not None:
-        return kwargs
-    saved = load_json(preset, CONFIG_FILE)["config"].get("dtype")
-    name = saved.get("config", {}).get("name", "") if isinstance(saved, dict) else ""
-    if name.startswith("mixed_"):
-        return {**kwargs, "dtype": name}
-    return kwargs
+from keras_ov2.models.mixed_policy import with_saved_mixed_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")

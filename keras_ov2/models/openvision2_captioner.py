@@ -13,8 +13,9 @@ from keras_ov2.layers import VisualTokenMasking
 from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models import presets
 from keras_ov2.models.caption_loss import CaptionLoss
+from keras_ov2.models.mixed_policy import follow_backbone_dtype
+from keras_ov2.models.mixed_policy import with_saved_mixed_policy
 from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_backbone import with_saved_mixed_policy
 from keras_ov2.models.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
@@ -320,11 +321,7 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        decoder = config["decoder"]
-        if isinstance(config["backbone"], dict):
-            # `from_preset(dtype=...)` sets the backbone's policy only; the
-            # decoder follows it (e.g. "mixed_bfloat16"; its head stays float32).
-            dtype = config["backbone"]["config"]["dtype"]
-            decoder = {**decoder, "config": {**decoder["config"], "dtype": dtype}}
-        config["decoder"] = keras.layers.deserialize(decoder)
+        config["decoder"] = keras.layers.deserialize(
+            follow_backbone_dtype(config, config["decoder"])
+        )
         return super().from_config(config)

@@ -12,9 +12,10 @@ from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models import presets
 from keras_ov2.models.caption_loss import CaptionLoss
 from keras_ov2.models.contrastive_loss import dual_contrastive_loss
+from keras_ov2.models.mixed_policy import follow_backbone_dtype
+from keras_ov2.models.mixed_policy import with_saved_mixed_policy
 from keras_ov2.models.openvision1_preprocessor import OpenVision1Preprocessor
 from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_backbone import with_saved_mixed_policy
 from keras_ov2.models.recipe_optimizer import recipe_optimizer
 
 
@@ -213,14 +214,7 @@ class OpenVisionCLIPS(keras_hub.models.Task):
     def from_config(cls, config):
         config = dict(config)
         for part in ("text_encoder", "decoder"):
-            layer = config[part]
-            if isinstance(config["backbone"], dict):
-                # As in `OpenVision2Captioner.from_config`: the text towers
-                # follow the backbone's policy, which `from_preset(dtype=...)`
-                # sets alone.
-                dtype = config["backbone"]["config"]["dtype"]
-                layer = {**layer, "config": {**layer["config"], "dtype": dtype}}
-            config[part] = keras.layers.deserialize(layer)
+            config[part] = keras.layers.deserialize(follow_backbone_dtype(config, config[part]))
         return super().from_config(config)
 
 

@@ -57,7 +57,7 @@ class Stage:
         return default_warmup_steps(self.steps) if self.warmup_steps is None else self.warmup_steps
 
 
-# About 5 minutes on 2 CPU cores with JAX (24,000 images, ~80 images/s). The
+# 5 to 10 minutes on 2 CPU cores with JAX (24,000 images, 45-80 images/s). The
 # demo's own warmup (5%), with which its figures in the README were measured.
 DEFAULT_STAGES = (Stage(image_size=84, steps=1500, batch_size=16, warmup_steps=75),)
 
@@ -194,8 +194,9 @@ def pretrain(
     `caption_field`); None uses the built-in `SyntheticScenes`,
     whose held-out scenes (`held_out()`) give the before/after loss and the
     sample captions; any other source's last HELD_OUT_SIZE records do, set
-    aside before training and never trained on. `caption_field`: "short_caption" by default (a tiny
-    model learns it in minutes; "caption" is the long, detailed one).
+    aside before training and never trained on (`split_held_out`).
+    `caption_field`: "short_caption" by default (a tiny model learns it in
+    minutes; "caption" is the long, detailed one).
     `sequence_length`: None fits it to the captions (see `fitted_length`).
     `augment`: the authors' Inception crop + colour jitter; None turns it on
     except for the synthetic scenes, whose captions state colours and
