@@ -1,15 +1,40 @@
-"""keras_ov2: OpenVision 2 vision encoders for Keras 3 (JAX, TensorFlow, PyTorch)."""
+"""keras_ov2: OpenVision 2 vision encoders for Keras 3 (JAX, TensorFlow, PyTorch).
 
-from keras_ov2 import layers
-from keras_ov2.models import OpenVision2Backbone
-from keras_ov2.models import OpenVision2Captioner
-from keras_ov2.models import OpenVision2CaptionerPreprocessor
-from keras_ov2.models import OpenVision2ImageConverter
-from keras_ov2.models import OpenVision2TextDecoder
-from keras_ov2.models import OpenVision2Tokenizer
-from keras_ov2.models import OpenVision1CaptionDecoder
-from keras_ov2.models import OpenVision1Preprocessor
-from keras_ov2.models import OpenVision1TextEncoder
-from keras_ov2.models import OpenVisionCLIPS
-from keras_ov2.models.presets import list_presets
+Example:
+
+```python
+import keras_ov2
+
+encoder = keras_ov2.OpenVision2Backbone.from_preset("openvision2_vit_large_patch14_224")
+features = encoder.predict(images)["pooled_output"]  # images: (B, 224, 224, 3) in [0, 1]
+```
+
+The names below load on first use: `import keras_ov2` alone loads no Keras
+backend and no TensorFlow.
+"""
+
+from keras_ov2.lazy_exports import lazy_exports
 from keras_ov2.version import __version__
+
+MODELS = "keras_ov2.models"
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "OpenVision2Backbone": MODELS,
+    "OpenVision2Captioner": MODELS,
+    "OpenVision2CaptionerPreprocessor": MODELS,
+    "OpenVision2ImageConverter": MODELS,
+    "OpenVision2TextDecoder": MODELS,
+    "OpenVision2Tokenizer": MODELS,
+    "OpenVision1CaptionDecoder": MODELS,
+    "OpenVision1Preprocessor": MODELS,
+    "OpenVision1TextEncoder": MODELS,
+    "OpenVisionCLIPS": MODELS,
+    "list_presets": MODELS,
+    "convert": "keras_ov2.convert",
+    "data": "keras_ov2.data",
+    "distribution": "keras_ov2.distribution",
+    "evaluation": "keras_ov2.evaluation",
+    "flops": "keras_ov2.flops",
+    "layers": "keras_ov2.layers",
+    "models": "keras_ov2.models",
+    "training": "keras_ov2.training",
+})

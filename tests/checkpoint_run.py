@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 import keras_ov2
-from keras_ov2.cli import parse_stages
+from keras_ov2.cli.pretrain import parse_stages
 from keras_ov2.training import pretrain
 from keras_ov2.training import setup
 

@@ -7,14 +7,14 @@ import numpy as np
 from absl import flags
 from keras_hub.src.tests.test_case import TestCase
 
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_captioner_preprocessor import (
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
-from keras_ov2.models.openvision2_captioner_preprocessor import pack_captions
-from keras_ov2.models.openvision2_image_converter import OpenVision2ImageConverter
-from keras_ov2.models.openvision2_tokenizer import OpenVision2Tokenizer
-from keras_ov2.models.openvision2_tokenizer import load_vocabulary
+from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import pack_captions
+from keras_ov2.models.common.openvision_image_converter import OpenVision2ImageConverter
+from keras_ov2.models.common.openvision_tokenizer import OpenVision2Tokenizer
+from keras_ov2.models.common.openvision_tokenizer import load_vocabulary
 
 CAPTION = "a small red circle left of a large blue square"
 LONG_CAPTION = " ".join(["a dog runs on the grass"] * 5)

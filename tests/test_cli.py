@@ -11,6 +11,7 @@ from PIL import Image
 
 import keras_ov2
 from keras_ov2 import cli
+from keras_ov2.cli.common import read_image
 from keras_ov2.data import SyntheticScenes
 from tests import checkpoint_run
 
@@ -103,7 +104,7 @@ def test_embed_writes_features_of_the_preset_size(tiny_preset, image_files, tmp_
 
     backbone = keras_ov2.OpenVision2Backbone.from_preset(str(tiny_preset))
     converter = keras_ov2.OpenVision2ImageConverter(image_size=(IMAGE_SIZE, IMAGE_SIZE))
-    image = cli.read_image(image_files[0])
+    image = read_image(image_files[0])
     expected = backbone.predict(np.asarray(converter(image))[None], verbose=0)
     key = "sequence_output" if tokens else "pooled_output"
     np.testing.assert_allclose(features[0], expected[key][0], atol=1e-5)

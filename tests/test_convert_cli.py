@@ -148,12 +148,14 @@ def test_without_huggingface_hub_the_message_is_the_same_recipe(monkeypatch):
 
 
 def test_hf_handle_without_open_clip_files_goes_to_keras_hub(tmp_path, hub):
-    from keras_ov2.convert.to_preset import resolve_handle
+    from keras_ov2.convert.to_preset import converted_preset
+    from keras_ov2.models import presets
 
     repos, _ = hub
     (tmp_path / "keras_preset").mkdir()
     repos["someone/keras-preset"] = tmp_path / "keras_preset"
-    assert resolve_handle("hf://someone/keras-preset") == "hf://someone/keras-preset"
+    assert converted_preset("hf://someone/keras-preset") is None
+    assert presets.resolve("hf://someone/keras-preset") == "hf://someone/keras-preset"
 
 
 def test_weights_of_another_architecture_are_refused(releases, tmp_path, capsys):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import keras_ov2
-from keras_ov2.models.recipe_optimizer import recipe_optimizer
+from keras_ov2.models.common.recipe_optimizer import recipe_optimizer
 from tests import train_in_backend
 from tests.once_per_suite import once_per_suite
 from tests.test_openvision_clips import VOCABULARY

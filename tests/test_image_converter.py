@@ -10,8 +10,8 @@ from PIL import Image
 from keras_ov2.layers.image_normalization import IMAGENET_MEAN
 from keras_ov2.layers.image_normalization import IMAGENET_STD
 from keras_ov2.layers.image_normalization import ImageNormalization
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_image_converter import OpenVision2ImageConverter
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_image_converter import OpenVision2ImageConverter
 
 
 def numpy_normalize(images):

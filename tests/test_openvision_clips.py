@@ -13,8 +13,8 @@ import keras_ov2
 from keras_ov2.data import SyntheticScenes
 from keras_ov2.data import synthetic_scenes
 from keras_ov2.data.pipeline import make_pretraining_dataset
-from keras_ov2.models.openvision1_caption_decoder import query_attention_mask
-from keras_ov2.models.openvision1_preprocessor import split_sentences
+from keras_ov2.models.openvision1.openvision1_caption_decoder import query_attention_mask
+from keras_ov2.models.openvision1.openvision1_preprocessor import split_sentences
 
 SIZE = 56  # the smallest side SyntheticScenes draws one object at
 TEXT = 10  # text-encoder ids per caption

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from keras_ov2 import cli
+from keras_ov2.cli.pretrain import parse_stages
 from keras_ov2.data import RecordRange
 from keras_ov2.data import SyntheticScenes
 from keras_ov2.data import split_held_out
-from keras_ov2.models.recipe_optimizer import default_warmup_steps
+from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
 from keras_ov2.training import Stage
 from keras_ov2.training import pretrain
 from keras_ov2.training.pretrain import HELD_OUT_SIZE
@@ -45,7 +46,7 @@ def test_one_default_warmup_for_compile_stages_and_the_cli(tmp_path):
 
     assert default_warmup_steps(390_981) == 1_563  # the authors' 84 px stage
     assert Stage(84, 1000, 8).warmup == default_warmup_steps(1000) == 4
-    assert cli.parse_stages("84:1000:8")[0].warmup == 4
+    assert parse_stages("84:1000:8")[0].warmup == 4
     captioner = keras_ov2.OpenVision2Captioner.from_preset(
         tiny_preset(tmp_path / "tiny"), load_weights=False)
     captioner.compile(total_steps=1000)
@@ -53,13 +54,13 @@ def test_one_default_warmup_for_compile_stages_and_the_cli(tmp_path):
 
 
 def test_stages_take_their_warmup_in_steps():
-    stages = cli.parse_stages("84:390981:32768:1.024e-3:1563,224:62556:16384:2.56e-5:1563")
+    stages = parse_stages("84:390981:32768:1.024e-3:1563,224:62556:16384:2.56e-5:1563")
     assert [(s.learning_rate, s.warmup) for s in stages] == [(1.024e-3, 1563), (2.56e-5, 1563)]
-    assert cli.parse_stages("84:1500:16::75")[0].learning_rate is None
-    assert cli.parse_stages("84:10:4:1e-3:0")[0].warmup == 0  # no warmup, as the authors' last
+    assert parse_stages("84:1500:16::75")[0].learning_rate is None
+    assert parse_stages("84:10:4:1e-3:0")[0].warmup == 0  # no warmup, as the authors' last
     for bad in ("84:10:4:1e-3:10", "84:10:4:1e-3:-1", "84:10:4:1e-3:2.5", "84:10:4:1:2:3"):
         with pytest.raises(Exception, match="bad stage"):
-            cli.parse_stages(bad)
+            parse_stages(bad)
 
 
 # -- held out ---------------------------------------------------------------------
@@ -125,14 +126,20 @@ def test_backend_option_cannot_switch_a_running_keras(capsys):
 
 
 @once_per_suite
-def test_ov2_restarts_on_the_backend_asked_for(tmp_path):
-    """The console script's path: Keras comes up on KERAS_BACKEND (here
-    tensorflow), and `--backend torch` restarts `ov2` on torch."""
+def test_ov2_runs_on_the_backend_asked_for_without_a_restart(tmp_path):
+    """The console script's path: KERAS_BACKEND says tensorflow, `--backend
+    torch` wins, and Keras comes up on torch in the same process: the code
+    after `main()` runs (an exec would never return to it)."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     args = ["--backend", "torch", "pretrain", "--preset", tiny_preset(tmp_path / "tiny"),
             "--stages", "56:2:2", "--output", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, "-c", cli.RESTART, *args], cwd=ROOT, env=env,
+    script = ("import os; print('pid', os.getpid(), flush=True); "
+              "from keras_ov2.cli import main; "
+              "main(); print('pid', os.getpid())")
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on torch\n" in done.stdout
+    pids = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("pid ")]
+    assert len(pids) == 2 and pids[0] == pids[1]
     assert np.isfinite(float(done.stdout.split("Held-out loss: ")[1].split()[0]))

@@ -5,10 +5,10 @@ import keras_hub
 import pytest
 from keras_hub.src.tests.test_case import TestCase
 
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_tokenizer import VOCABULARY_PATH
-from keras_ov2.models.openvision2_tokenizer import OpenVision2Tokenizer
-from keras_ov2.models.openvision2_tokenizer import load_vocabulary
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_tokenizer import VOCABULARY_PATH
+from keras_ov2.models.common.openvision_tokenizer import OpenVision2Tokenizer
+from keras_ov2.models.common.openvision_tokenizer import load_vocabulary
 
 CAPTIONS = [
     "A small red circle left of a large blue square.",

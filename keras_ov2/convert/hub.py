@@ -1,19 +1,20 @@
-"""Downloads open_clip releases from the Hugging Face Hub; where conversions
-are cached.
+"""Downloads open_clip releases from the Hugging Face Hub (the cache of
+conversions is `keras_ov2.models.presets.converted_folder`).
 
 `huggingface_hub` is optional: without it, or without a network, the error
 says which files to download and the one command that converts them.
 """
 
-import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 from keras_ov2.convert.reading import OPEN_CLIP_CONFIG
 from keras_ov2.convert.reading import OPEN_CLIP_WEIGHTS
+from keras_ov2.models.presets import HUB_SCHEME
+from keras_ov2.models.presets import repo_id
 
-SCHEME = "hf://"
+SCHEME = HUB_SCHEME
 
 
 class HubUnavailableError(OSError):
@@ -22,23 +23,6 @@ class HubUnavailableError(OSError):
 
 class NotOpenClipError(ValueError):
     """The Hub repository holds no open_clip_config.json."""
-
-
-def repo_id(handle):
-    return handle.removeprefix(SCHEME).strip("/")
-
-
-def cache_root():
-    """$KERAS_OV2_CACHE, else ~/.cache/keras_ov2 (or under $XDG_CACHE_HOME)."""
-    if os.environ.get("KERAS_OV2_CACHE"):
-        return Path(os.environ["KERAS_OV2_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "keras_ov2"
-
-
-def converted_folder(source):
-    """The preset folder a conversion of `source` (hf id) is cached in."""
-    return cache_root() / "converted" / repo_id(source).replace("/", "--")
 
 
 def how_to_convert(handle, preset=None):

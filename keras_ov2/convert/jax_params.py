@@ -17,9 +17,9 @@ from typing import NamedTuple
 from keras_ov2.convert import reading
 from keras_ov2.convert.checkpoint import Checkpoint
 from keras_ov2.convert.checkpoint import CheckpointError
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_text_decoder import DECODER_VARIANTS
-from keras_ov2.models.openvision2_text_decoder import OpenVision2TextDecoder
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2.openvision2_text_decoder import DECODER_VARIANTS
+from keras_ov2.models.openvision2.openvision2_text_decoder import OpenVision2TextDecoder
 
 ENCODER_PREFIXES = ("img_encoder/", "img/")
 DECODER_PREFIX = "txt_decoder/"

@@ -22,7 +22,7 @@ from keras_ov2.convert.checkpoint import read_array
 from keras_ov2.layers import sincos_2d_table
 from keras_ov2.layers.image_normalization import IMAGENET_MEAN
 from keras_ov2.layers.image_normalization import IMAGENET_STD
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
 
 # What each vision_cfg field of the authors' open_clip fork (and of upstream
 # open_clip) may hold for the network to be the OpenVision encoder. Fields

@@ -45,9 +45,9 @@ def source_for_preset(name):
 def preset_for_source(source):
     """The preset name of a released checkpoint id (hf://owner/name or
     owner/name), or None."""
-    wanted = hub.repo_id(str(source))
+    wanted = presets.repo_id(str(source))
     for name, metadata in presets.list_presets().items():
-        if metadata.get("source") and hub.repo_id(metadata["source"]) == wanted:
+        if metadata.get("source") and presets.repo_id(metadata["source"]) == wanted:
             return name
     return None
 
@@ -201,7 +201,7 @@ def target(source, out_dir=None, preset=None):
     if not (source.startswith(hub.SCHEME) or preset):
         raise ValueError("Give an output folder, or a released preset to convert into.")
     handle = source if source.startswith(hub.SCHEME) else source_for_preset(preset)
-    return Target(source, preset, hub.converted_folder(handle), True)
+    return Target(source, preset, presets.converted_folder(handle), True)
 
 
 def cache_lock(folder):
@@ -265,12 +265,14 @@ def convert(goal, projection, image_size, num_heads, replace):
     return write_preset(goal.out_dir, backbone, decoder, size, metadata, replace)
 
 
-def resolve_handle(handle):
-    """The `from_preset` hook for `hf://` handles: the cached conversion, else
-    a conversion now (cached); a handle without open_clip files passes
-    through to KerasHub. Even with `load_weights=False` the release is
-    converted: its files are its only description of the architecture."""
+def converted_preset(source):
+    """The converter `keras_ov2.models.presets` plugs in (entry point
+    `keras_ov2.converters`): a released preset name or an `hf://` handle ->
+    its cached conversion, converting it first when needed; None for a
+    handle without open_clip files (KerasHub may load it). Even with
+    `load_weights=False` a handle is converted: its files are its only
+    description of the architecture."""
     try:
-        return str(convert_to_preset(handle))
+        return str(convert_to_preset(source))
     except hub.NotOpenClipError:
-        return handle
+        return None

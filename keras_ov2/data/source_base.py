@@ -10,6 +10,13 @@ import glob
 import os
 from pathlib import Path
 
+LAYOUTS = (
+    "supported: a folder holding captions.jsonl and the images it names; ArrayRecord "
+    "shards (*.array_record, from `ov2 data build`); WebDataset tar shards (*.tar, "
+    "from img2dataset); Parquet files with an image bytes column (*.parquet); or a "
+    "folder, glob or list of shards of one of these kinds"
+)
+
 # Fields a source sets itself; a data file's fields of these names are dropped.
 RESERVED = ("key", "image", "error", "detail")
 

@@ -6,6 +6,7 @@ from keras_ov2.data.array_record_source import ArrayRecordSource
 from keras_ov2.data.jsonl_folder_source import INDEX
 from keras_ov2.data.jsonl_folder_source import JsonlFolderSource
 from keras_ov2.data.parquet_source import ParquetSource
+from keras_ov2.data.source_base import LAYOUTS
 from keras_ov2.data.source_base import SourceError
 from keras_ov2.data.source_base import expand
 from keras_ov2.data.webdataset_source import WebDatasetSource
@@ -14,13 +15,6 @@ from keras_ov2.data.webdataset_source import WebDatasetSource
 # (no images) beside each .tar shard.
 SOURCES = {".array_record": ArrayRecordSource, ".tar": WebDatasetSource,
            ".parquet": ParquetSource}
-
-LAYOUTS = (
-    "supported: a folder holding captions.jsonl and the images it names; ArrayRecord "
-    "shards (*.array_record, from `ov2 data build`); WebDataset tar shards (*.tar, "
-    "from img2dataset); Parquet files with an image bytes column (*.parquet); or a "
-    "folder, glob or list of shards of one of these kinds"
-)
 
 
 def open_source(paths, **kwargs):

@@ -3,13 +3,10 @@
 import math
 
 import keras
-from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
-from keras_hub.src.utils.preset_utils import check_file_exists
-from keras_hub.src.utils.preset_utils import load_json
 
-from keras_ov2.distribution.layouts import DATA
-from keras_ov2.distribution.layouts import MODEL
-from keras_ov2.distribution.layouts import MODES
+from keras_ov2.models.common.layouts import DATA
+from keras_ov2.models.common.layouts import MODEL
+from keras_ov2.models.common.layouts import MODES
 from keras_ov2.models import presets
 
 
@@ -37,7 +34,7 @@ def make_distribution(mesh=None, mode="data", model=None):
             number of devices; None puts every device on "data".
         mode: `"data"` (`DataParallel`), `"fsdp"` or `"tensor"`
             (`ModelParallel` splitting the batch over "data"); see
-            `keras_ov2.distribution.layouts`.
+            `keras_ov2.models.common.layouts`.
         model: what "fsdp" and "tensor" lay out, before it exists: a preset
             name or folder (its task, e.g. the captioner, when it has one,
             else its backbone), or a serialized model
@@ -76,7 +73,7 @@ def make_distribution(mesh=None, mode="data", model=None):
     device_mesh = keras.distribution.DeviceMesh(
         (sizes[DATA], sizes[MODEL]), (DATA, MODEL), devices
     )
-    serialized = load_serialized(model) if isinstance(model, str) else model
+    serialized = presets.task_config(model) if isinstance(model, str) else model
     model_class = keras.saving.get_registered_object(serialized["registered_name"])
     if not hasattr(model_class, "get_layout_map"):
         raise ValueError(f"{serialized['registered_name']} has no get_layout_map.")
@@ -92,10 +89,3 @@ def mesh_sizes(mesh, device_count):
         raise ValueError(f"Mesh axes are {DATA!r} and {MODEL!r}; received {sorted(unknown)}.")
     return {DATA: mesh.get(DATA, 1), MODEL: mesh.get(MODEL, 1)}
 
-
-def load_serialized(preset):
-    """A preset's task config when it has one (task.json), else its backbone's."""
-    preset = presets.resolve(preset, load_weights=False)
-    if check_file_exists(preset, TASK_CONFIG_FILE):
-        return load_json(preset, TASK_CONFIG_FILE)
-    return load_json(preset, "config.json")

@@ -13,8 +13,8 @@ Probes use both, concatenated (`FEATURES["both"]`), unless told otherwise.
 import numpy as np
 
 from keras_ov2.data.augment import resize
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_image_converter import OpenVision2ImageConverter
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_image_converter import OpenVision2ImageConverter
 
 FEATURES = {"pooled": ("pooled",), "grid": ("grid",), "both": ("pooled", "grid")}
 

@@ -19,7 +19,7 @@ from keras_ov2.data.decode import check_record
 from keras_ov2.data.decode import decode_caption
 from keras_ov2.evaluation.scene_captions import describe_accuracy
 from keras_ov2.evaluation.scene_captions import scene_caption_accuracy
-from keras_ov2.models.recipe_optimizer import default_warmup_steps
+from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
 from keras_ov2.training.resume import RunCheckpoints
 from keras_ov2.training.setup import load_captioner
 from keras_ov2.training.setup import setup_training

@@ -14,7 +14,7 @@ from keras_ov2.distribution import data_shard
 from keras_ov2.distribution import make_distribution
 from keras_ov2.distribution import per_host_batch_size
 from keras_ov2.models import presets
-from keras_ov2.models.openvision2_captioner import OpenVision2Captioner
+from keras_ov2.models.openvision2.openvision2_captioner import OpenVision2Captioner
 
 # Set by the launcher of a multi-host job; then `keras.distribution.initialize()` reads them.
 MULTI_HOST_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES")

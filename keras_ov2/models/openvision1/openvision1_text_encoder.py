@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_ov2.models.text_transformer import text_transformer_layers
-from keras_ov2.models.text_transformer import text_variant
+from keras_ov2.models.common.text_transformer import text_transformer_layers
+from keras_ov2.models.common.text_transformer import text_variant
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")

@@ -1,21 +1,13 @@
 """`ov2 data build`: check a user's image-caption data and store it as ArrayRecord shards."""
 
-import argparse
-import functools
-
-from keras_ov2.data.build import build_array_record
-from keras_ov2.data.source_base import SourceError
-from keras_ov2.data.sources import LAYOUTS
-from keras_ov2.data.sources import open_source
-from keras_ov2.data.synthetic_scenes import SyntheticScenes
+from keras_ov2.cli.common import CliError
+from keras_ov2.cli.common import positive_int
+from keras_ov2.data.source_base import LAYOUTS
 
 SYNTHETIC = "synthetic:"
 
 
-def add_data_parser(subparsers, error):
-    """Registers `ov2 data`. `error` is the CLI's exception for bad input
-    (`keras_ov2.cli.CliError`), passed in because the CLI may run as __main__,
-    where importing keras_ov2.cli would give a second, uncaught class."""
+def add_data_parser(subparsers):
     data = subparsers.add_parser("data", help="prepare image-caption data for pretraining")
     commands = data.add_subparsers(dest="data_command", required=True)
     p = commands.add_parser(
@@ -33,39 +25,35 @@ def add_data_parser(subparsers, error):
     p.add_argument("--records-per-shard", type=positive_int, default=10_000, metavar="N",
                    help="records per shard file (default 10000)")
     p.add_argument("--name", default="data", help="shard name prefix (default data)")
-    p.set_defaults(run=functools.partial(run_build, error=error))
+    p.set_defaults(run=run_build)
 
 
-def is_positive(text):
-    return text.isdigit() and int(text) > 0
+def open_cli_source(text):
+    """SOURCE of `ov2 data build` -> a source, or a CliError naming it."""
+    from keras_ov2.data import SourceError
+    from keras_ov2.data import SyntheticScenes
+    from keras_ov2.data import open_source
 
-
-def positive_int(text):
-    if not is_positive(text):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def open_cli_source(text, error):
-    """SOURCE of `ov2 data build` -> a source, or `error` naming it."""
     if text.startswith(SYNTHETIC):
         count = text[len(SYNTHETIC):]
-        if not is_positive(count):
-            raise error(f"{text}: expected synthetic:N with N a positive number of scenes.")
+        if not (count.isdigit() and int(count) > 0):
+            raise CliError(f"{text}: expected synthetic:N with N a positive number of scenes.")
         return SyntheticScenes(int(count))
     try:
         return open_source(text)
     except SourceError as problem:
-        raise error(str(problem)) from None
+        raise CliError(str(problem)) from None
 
 
-def run_build(args, error):
-    source = open_cli_source(args.source, error)
+def run_build(args):
+    from keras_ov2.data import build_array_record
+
+    source = open_cli_source(args.source)
     try:
         summary = build_array_record(source, args.out_dir, args.caption_fields,
                                      args.records_per_shard, args.name)
     except FileExistsError as problem:
-        raise error(str(problem)) from None
+        raise CliError(str(problem)) from None
     if not summary["records_written"]:
-        raise error(f"{args.source}: no record passed the checks (skipped "
+        raise CliError(f"{args.source}: no record passed the checks (skipped "
                     f"{summary['skipped']}); nothing written to {args.out_dir}.")

@@ -7,13 +7,13 @@ from keras_hub.src.utils.tensor_utils import canonicalize_python_string_inputs
 from keras_hub.src.utils.tensor_utils import canonicalize_python_token_inputs
 from keras_hub.src.utils.tensor_utils import convert_preprocessing_outputs_python
 
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_image_converter import OpenVision2ImageConverter
-from keras_ov2.models.openvision2_image_converter import cpu_scope
-from keras_ov2.models.openvision2_image_converter import python_only_error
-from keras_ov2.models.openvision2_image_converter import standardize_images
-from keras_ov2.models.openvision2_image_converter import to_uint8
-from keras_ov2.models.openvision2_tokenizer import OpenVision2Tokenizer
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_image_converter import OpenVision2ImageConverter
+from keras_ov2.models.common.openvision_image_converter import cpu_scope
+from keras_ov2.models.common.openvision_image_converter import python_only_error
+from keras_ov2.models.common.openvision_image_converter import standardize_images
+from keras_ov2.models.common.openvision_image_converter import to_uint8
+from keras_ov2.models.common.openvision_tokenizer import OpenVision2Tokenizer
 
 
 def pack_captions(token_ids, sequence_length, start_id, end_id, pad_id, cls_id):

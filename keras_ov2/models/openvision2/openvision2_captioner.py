@@ -6,20 +6,19 @@ import numpy as np
 from keras import ops
 from keras_hub.src.utils.tensor_utils import any_equal
 
-from keras_ov2.distribution import layouts
 from keras_ov2.layers import ImageNormalization
 from keras_ov2.layers import ParallelPredictionMasking
 from keras_ov2.layers import VisualTokenMasking
 from keras_ov2.layers.image_normalization import check_uint8_images
-from keras_ov2.models import presets
-from keras_ov2.models.caption_loss import CaptionLoss
-from keras_ov2.models.mixed_policy import follow_backbone_dtype
-from keras_ov2.models.mixed_policy import with_saved_mixed_policy
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2_captioner_preprocessor import (
+from keras_ov2.models.presets import PresetLoading
+from keras_ov2.models.common import layouts
+from keras_ov2.models.common.caption_loss import CaptionLoss
+from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
-from keras_ov2.models.recipe_optimizer import recipe_optimizer
+from keras_ov2.models.common.recipe_optimizer import recipe_optimizer
 
 BERT_MASK_ID = 103
 
@@ -42,7 +41,7 @@ def score_pairs(num_images, num_texts, all_pairs):
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVision2Captioner(keras_hub.models.CausalLM):
+class OpenVision2Captioner(PresetLoading, keras_hub.models.CausalLM):
     """Pretrains an `OpenVision2Backbone` by captioning alone.
 
     uint8 images -> ImageNet normalisation (on the device) -> encoder patch
@@ -299,14 +298,6 @@ class OpenVision2Captioner(keras_hub.models.CausalLM):
         """
         variables = layouts.captioner_variables(config)
         return layouts.make_layout_map(device_mesh, mode, variables)
-
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a captioner preset by name or folder (see `from_preset` of
-        `OpenVision2Backbone` for names, folders and missing weights)."""
-        preset = presets.resolve(preset, load_weights)
-        kwargs = with_saved_mixed_policy(preset, kwargs)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):
         config = super().get_config()

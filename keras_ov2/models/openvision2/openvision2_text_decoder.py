@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_ov2.distribution import layouts
-from keras_ov2.models.text_transformer import text_transformer_layers
+from keras_ov2.models.common import layouts
+from keras_ov2.models.common.text_transformer import text_transformer_layers
 
 # (width, depth, MLP width, heads) of the authors' `text_decoder_v2` variants.
 DECODER_VARIANTS = {

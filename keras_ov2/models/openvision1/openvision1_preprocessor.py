@@ -6,13 +6,13 @@ import keras
 import numpy as np
 from keras_hub.src.utils.tensor_utils import convert_preprocessing_outputs_python
 
-from keras_ov2.models.openvision2_captioner_preprocessor import (
+from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
-from keras_ov2.models.openvision2_captioner_preprocessor import pack_captions
-from keras_ov2.models.openvision2_captioner_preprocessor import standardize_captions
-from keras_ov2.models.openvision2_image_converter import cpu_scope
-from keras_ov2.models.openvision2_image_converter import standardize_images
+from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import pack_captions
+from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import standardize_captions
+from keras_ov2.models.common.openvision_image_converter import cpu_scope
+from keras_ov2.models.common.openvision_image_converter import standardize_images
 
 
 def split_sentences(caption):

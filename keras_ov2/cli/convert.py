@@ -4,6 +4,10 @@ import argparse
 import json
 from pathlib import Path
 
+from keras_ov2.cli.common import CliError
+from keras_ov2.cli.common import preset_image_size
+from keras_ov2.cli.common import resolve
+
 
 def add_convert_parser(subparsers):
     p = subparsers.add_parser(
@@ -58,10 +62,7 @@ def to_keras(args):
 
 
 def to_open_clip(args):
-    from keras_ov2 import OpenVision2Backbone
-    from keras_ov2.cli import CliError
-    from keras_ov2.cli import preset_image_size
-    from keras_ov2.cli import resolve
+    from keras_ov2.models import OpenVision2Backbone
     from keras_ov2.convert import save_open_clip
 
     if not args.out_dir:
@@ -76,8 +77,6 @@ def to_open_clip(args):
 
 
 def run_convert(args):
-    from keras_ov2.cli import CliError
-
     try:
         to_open_clip(args) if args.to == "open_clip" else to_keras(args)
     except (ValueError, OSError, ImportError) as error:  # bad input, files, hub

@@ -4,17 +4,17 @@ import keras
 import keras_hub
 from keras import ops
 
-from keras_ov2.distribution import layouts
 from keras_ov2.layers import ClassToken
 from keras_ov2.layers import PatchEmbedding
 from keras_ov2.layers import SinCos2DPositionEmbedding
 from keras_ov2.layers import TransformerBlock
-from keras_ov2.models import presets
-from keras_ov2.models.mixed_policy import with_saved_mixed_policy
+from keras_ov2.models.common import layouts
+from keras_ov2.models.presets import PresetLoading
+from keras_ov2.models.presets import register as register_presets
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVision2Backbone(keras_hub.models.Backbone):
+class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
     """ViT encoder: patch conv (no bias) + CLS + fixed 2-D sin-cos positions,
     pre-norm blocks (exact GELU, LayerNorm eps 1e-6), no final token norm.
 
@@ -149,20 +149,12 @@ class OpenVision2Backbone(keras_hub.models.Backbone):
     @staticmethod
     def get_layout_map(device_mesh, config, mode="fsdp"):
         """A `keras.distribution.LayoutMap` of this encoder for `mode`
-        ("data", "fsdp" or "tensor"; see `keras_ov2.distribution.layouts`).
+        ("data", "fsdp" or "tensor"; see `keras_ov2.models.common.layouts`).
         `config` is the encoder's `get_config()`: the map must exist before
         the model, which is built inside the distribution's scope.
         """
         variables = layouts.backbone_variables(config)
         return layouts.make_layout_map(device_mesh, mode, variables)
 
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a preset by name (see `keras_ov2.list_presets()`), by folder
-        path, or by hub handle. A released preset ships its architecture;
-        its weights come from converting the released checkpoint, and until
-        then `load_weights=True` raises an error that says how.
-        """
-        preset = presets.resolve(preset, load_weights)
-        kwargs = with_saved_mixed_policy(preset, kwargs)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+register_presets(OpenVision2Backbone)

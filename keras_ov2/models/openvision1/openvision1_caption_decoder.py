@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
-from keras_ov2.models.openvision2_text_decoder import decoder_attention_mask
-from keras_ov2.models.text_transformer import text_transformer_layers
-from keras_ov2.models.text_transformer import text_variant
+from keras_ov2.models.openvision2.openvision2_text_decoder import decoder_attention_mask
+from keras_ov2.models.common.text_transformer import text_transformer_layers
+from keras_ov2.models.common.text_transformer import text_variant
 
 
 def query_attention_mask(num_prefix, num_queries):

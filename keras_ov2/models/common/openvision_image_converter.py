@@ -11,7 +11,7 @@ from keras_hub.src.utils.tensor_utils import in_grain_data_pipeline
 
 from keras_ov2.layers.image_normalization import ImageNormalization
 from keras_ov2.layers.image_normalization import check_image_dtype
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
 
 
 def python_only_error(owner):

@@ -5,9 +5,9 @@ from pathlib import Path
 import keras
 import keras_hub
 
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
 
-VOCABULARY_PATH = Path(__file__).resolve().parent.parent / "assets" / "vocabulary.txt"
+VOCABULARY_PATH = Path(__file__).resolve().parents[2] / "assets" / "vocabulary.txt"
 
 
 def load_vocabulary(path=VOCABULARY_PATH):

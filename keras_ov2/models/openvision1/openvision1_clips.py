@@ -9,18 +9,17 @@ from keras_ov2.layers import ImageNormalization
 from keras_ov2.layers.contrastive_logits import ContrastiveLogits
 from keras_ov2.layers.contrastive_logits import l2_normalize
 from keras_ov2.layers.image_normalization import check_uint8_images
-from keras_ov2.models import presets
-from keras_ov2.models.caption_loss import CaptionLoss
-from keras_ov2.models.contrastive_loss import dual_contrastive_loss
-from keras_ov2.models.mixed_policy import follow_backbone_dtype
-from keras_ov2.models.mixed_policy import with_saved_mixed_policy
-from keras_ov2.models.openvision1_preprocessor import OpenVision1Preprocessor
-from keras_ov2.models.openvision2_backbone import OpenVision2Backbone
-from keras_ov2.models.recipe_optimizer import recipe_optimizer
+from keras_ov2.models.presets import PresetLoading
+from keras_ov2.models.common.caption_loss import CaptionLoss
+from keras_ov2.models.openvision1.contrastive_loss import dual_contrastive_loss
+from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
+from keras_ov2.models.openvision1.openvision1_preprocessor import OpenVision1Preprocessor
+from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.recipe_optimizer import recipe_optimizer
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVisionCLIPS(keras_hub.models.Task):
+class OpenVisionCLIPS(PresetLoading, keras_hub.models.Task):
     """Pretrains an `OpenVision2Backbone` (with its v1 `projection_dim` head)
     the OpenVision v1 way, CLIPS-style.
 
@@ -191,14 +190,6 @@ class OpenVisionCLIPS(keras_hub.models.Task):
         per image (retrieval) or take the argmax over class prompts
         (zero-shot classification)."""
         return self.encode_images(images) @ self.encode_texts(texts).T
-
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a task preset by name or folder (see `from_preset` of
-        `OpenVision2Backbone` for names, folders and missing weights)."""
-        preset = presets.resolve(preset, load_weights)
-        kwargs = with_saved_mixed_policy(preset, kwargs)
-        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def get_config(self):
         config = super().get_config()

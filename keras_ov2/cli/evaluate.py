@@ -1,20 +1,21 @@
 """`ov2 eval`: linear probes and zero-shot accuracy of a preset, as a table."""
 
-import functools
 import json
 from pathlib import Path
 
-from keras_ov2.data.cli import positive_int
-from keras_ov2.evaluation.features import FEATURES
+from keras_ov2.cli.common import CliError
+from keras_ov2.cli.common import add_random_weights
+from keras_ov2.cli.common import is_captioner
+from keras_ov2.cli.common import positive_int
+from keras_ov2.cli.common import preset_image_size
+from keras_ov2.cli.common import resolve
 from keras_ov2.evaluation.tasks import CAPTION_FIELDS
 
 SYNTHETIC = "synthetic"
 DEFAULT_SYNTHETIC_SIZES = (1000, 500)  # training, test scenes
 
 
-def add_eval_parser(subparsers, error):
-    """Registers `ov2 eval`; `error` is the CLI's exception for bad input
-    (see `keras_ov2.data.cli.add_data_parser`)."""
+def add_eval_parser(subparsers):
     p = subparsers.add_parser(
         "eval", help="measure an encoder: linear probes and zero-shot by caption scoring",
         description="Prints accuracy and chance level per task and method. Without "
@@ -33,10 +34,9 @@ def add_eval_parser(subparsers, error):
                    help="test images (default: 500 scenes; a quarter of a folder)")
     p.add_argument("--random-baseline", action="store_true", help="also probe a randomly "
                    "initialised encoder of the same architecture")
-    p.add_argument("--random-weights", action="store_true",
-                   help="evaluate the preset's architecture with random weights (no download)")
-    p.add_argument("--features", choices=sorted(FEATURES), default="both", help="probe "
-                   "input: the pooled output, a grid of mean patch tokens, or both (default)")
+    add_random_weights(p)
+    p.add_argument("--features", default="both", help="probe input: the pooled output "
+                   "(pooled), a grid of mean patch tokens (grid), or both (default)")
     p.add_argument("--grid", type=positive_int, default=2,
                    help="the token grid is GRID x GRID cells (default 2)")
     p.add_argument("--image-size", type=positive_int, help="default: the preset's")
@@ -47,21 +47,18 @@ def add_eval_parser(subparsers, error):
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0, help="scenes, splits, random encoder")
     p.add_argument("--out", help="also write the results to this .json file")
-    p.set_defaults(run=functools.partial(run_eval, error=error))
+    p.set_defaults(run=run_eval)
 
 
-def load_models(args, error):
+def load_models(args):
     """(encoder, captioner or None, preset folder, image size)."""
-    from keras_ov2 import OpenVision2Backbone
-    from keras_ov2 import OpenVision2Captioner
-    from keras_ov2.cli import is_captioner
-    from keras_ov2.cli import preset_image_size
-    from keras_ov2.cli import resolve
+    from keras_ov2.models import OpenVision2Backbone
+    from keras_ov2.models import OpenVision2Captioner
 
     folder, weights = resolve(args.preset, args.random_weights)
     captioner_preset = is_captioner(folder)
     if args.zero_shot and not captioner_preset:
-        raise error(f"preset {args.preset!r} holds an encoder only (no task.json); "
+        raise CliError(f"preset {args.preset!r} holds an encoder only (no task.json); "
                     "--zero-shot scores captions and needs a captioner preset.")
     captioner, size = None, args.image_size
     if captioner_preset:
@@ -72,14 +69,14 @@ def load_models(args, error):
         encoder = OpenVision2Backbone.from_preset(folder, load_weights=weights)
         size = size or preset_image_size(folder)
     if not size:
-        raise error(f"preset {args.preset!r} does not say its image size; pass --image-size.")
+        raise CliError(f"preset {args.preset!r} does not say its image size; pass --image-size.")
     return encoder, captioner, folder, int(size)
 
 
-def load_eval_set(args, size, error):
-    from keras_ov2.evaluation.image_folder import FolderError
-    from keras_ov2.evaluation.image_folder import folder_eval_set
-    from keras_ov2.evaluation.tasks import synthetic_eval_set
+def load_eval_set(args, size):
+    from keras_ov2.evaluation import FolderError
+    from keras_ov2.evaluation import folder_eval_set
+    from keras_ov2.evaluation import synthetic_eval_set
 
     try:
         if args.data == SYNTHETIC:
@@ -89,7 +86,7 @@ def load_eval_set(args, size, error):
         return folder_eval_set(args.data, size, args.train, args.test, args.seed,
                                args.template)
     except (FolderError, ValueError) as problem:
-        raise error(f"--data {args.data}: {problem}") from None
+        raise CliError(f"--data {args.data}: {problem}") from None
 
 
 def fit_sequence_length(captioner, eval_set):
@@ -120,20 +117,23 @@ def format_table(rows):
     )
 
 
-def run_eval(args, error):
+def run_eval(args):
     import keras
 
-    from keras_ov2 import OpenVision2Backbone
-    from keras_ov2.evaluation.evaluate import probe_results
-    from keras_ov2.evaluation.evaluate import zero_shot_results
+    from keras_ov2.models import OpenVision2Backbone
+    from keras_ov2.evaluation import probe_results
+    from keras_ov2.evaluation import zero_shot_results
+    from keras_ov2.evaluation.features import FEATURES
 
+    if args.features not in FEATURES:
+        raise CliError(f"--features {args.features}: expected one of {', '.join(FEATURES)}.")
     if args.random_baseline and args.zero_shot and not args.probe:
-        raise error("--random-baseline compares linear probes; add --probe.")
+        raise CliError("--random-baseline compares linear probes; add --probe.")
     keras.utils.set_random_seed(args.seed)
-    encoder, captioner, folder, size = load_models(args, error)
+    encoder, captioner, folder, size = load_models(args)
     probe = args.probe or not args.zero_shot
     zero_shot = args.zero_shot or (not args.probe and captioner is not None)
-    eval_set = load_eval_set(args, size, error)
+    eval_set = load_eval_set(args, size)
     print(f"Evaluating {args.preset} on {eval_set.name}, images at {size} px.", flush=True)
     if eval_set.skipped:
         print(f"Skipped unreadable images: {eval_set.skipped}", flush=True)

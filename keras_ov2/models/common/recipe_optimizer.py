@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_ov2.models.dense_gradients import DenseGradientAdamW
-from keras_ov2.models.per_update_schedule import PerUpdateSchedule
+from keras_ov2.models.common.dense_gradients import DenseGradientAdamW
+from keras_ov2.models.common.per_update_schedule import PerUpdateSchedule
 
 
 def default_warmup_steps(total_steps):

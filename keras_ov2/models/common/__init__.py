@@ -1,0 +1,2 @@
+"""What both OpenVision versions use: the ViT encoder, its image converter,
+the tokenizer, text blocks, caption loss, optimizer recipe, layout maps."""

@@ -1,0 +1,1 @@
+"""OpenVision v1 (CLIPS): dual contrastive + caption pretraining, the baseline."""

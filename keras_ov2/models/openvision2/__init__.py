@@ -1,0 +1,1 @@
+"""OpenVision 2: the captioner that pretrains the encoder by captioning alone."""
