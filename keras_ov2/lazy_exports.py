@@ -23,4 +23,5 @@ def lazy_exports(package, exports):
     def __dir__():
         return sorted(set(importlib.import_module(package).__dict__) | set(exports))
 
+    __getattr__.exports = exports  # the table, for tests and tools
     return __getattr__, __dir__
