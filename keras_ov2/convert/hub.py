@@ -11,10 +11,7 @@ from typing import NamedTuple
 
 from keras_ov2.convert.reading import OPEN_CLIP_CONFIG
 from keras_ov2.convert.reading import OPEN_CLIP_WEIGHTS
-from keras_ov2.models.presets import HUB_SCHEME
 from keras_ov2.models.presets import repo_id
-
-SCHEME = HUB_SCHEME
 
 
 class HubUnavailableError(OSError):

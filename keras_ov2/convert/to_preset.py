@@ -192,15 +192,15 @@ def target(source, out_dir=None, preset=None):
     if source in presets.list_presets():
         preset = preset or source
         source = source_for_preset(source)
-    if preset is None and source.startswith(hub.SCHEME):
+    if preset is None and source.startswith(presets.HUB_SCHEME):
         preset = preset_for_source(source)
     if preset is not None:
         source_for_preset(preset)  # a clear error for a name that is not released
     if out_dir is not None:
         return Target(source, preset, Path(out_dir), False)
-    if not (source.startswith(hub.SCHEME) or preset):
+    if not (source.startswith(presets.HUB_SCHEME) or preset):
         raise ValueError("Give an output folder, or a released preset to convert into.")
-    handle = source if source.startswith(hub.SCHEME) else source_for_preset(preset)
+    handle = source if source.startswith(presets.HUB_SCHEME) else source_for_preset(preset)
     return Target(source, preset, presets.converted_folder(handle), True)
 
 
@@ -240,7 +240,7 @@ def convert_to_preset(source, out_dir=None, preset=None, projection=None,
 def convert(goal, projection, image_size, num_heads, replace):
     source, preset = goal.source, goal.preset
     revision = None
-    if source.startswith(hub.SCHEME):
+    if source.startswith(presets.HUB_SCHEME):
         release = hub.download_open_clip(source, preset)
         revision = release.revision
         backbone, decoder, size, skipped = load_open_clip_source(
@@ -255,7 +255,7 @@ def convert(goal, projection, image_size, num_heads, replace):
             f"{source} holds a caption decoder too; its captioner preset needs the "
             "image size: pass image_size (ov2 convert --image-size)."
         )
-    if source.startswith(hub.SCHEME):
+    if source.startswith(presets.HUB_SCHEME):
         named = source
     else:
         named = source_for_preset(preset) if preset else str(Path(source).resolve())

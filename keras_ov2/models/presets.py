@@ -66,6 +66,11 @@ def release_of(folder):
     return metadata.exists() and json.loads(metadata.read_text()).get("source") or None
 
 
+def is_handle(preset):
+    """Whether `preset` is a hub handle (hf://, kaggle://, ...), not a name or folder."""
+    return "://" in str(preset)
+
+
 def repo_id(handle):
     """"hf://owner/name" (or "owner/name") -> "owner/name"."""
     return handle.removeprefix(HUB_SCHEME).strip("/")
@@ -112,7 +117,7 @@ def resolve(preset, load_weights=True):
     preset = str(preset)
     if preset.startswith(HUB_SCHEME):
         return convert_release(preset) or preset
-    if "://" in preset:
+    if is_handle(preset):
         return preset
     folder = shipped_folder(preset)
     source = release_of(folder)

@@ -24,7 +24,7 @@ def load_captioner(preset, **kwargs):
     """A captioner preset (name, folder or hub handle), with its weights when
     the preset has some and with random weights when it holds configs only.
     `kwargs` override the captioner's config (e.g. `keep_ratio`)."""
-    if "://" in str(preset):
+    if presets.is_handle(preset):
         return OpenVision2Captioner.from_preset(preset, **kwargs)
     folder = presets.resolve(str(preset), load_weights=False)
     weights = presets.has_weights(folder)
