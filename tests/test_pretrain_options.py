@@ -1,7 +1,8 @@
-"""One warmup rule, held-out records that training never reads, and the
-backend `ov2` runs on."""
+"""One warmup rule, the data's own training defaults, held-out records that
+training never reads, the report on them, and the backend `ov2` runs on."""
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -11,15 +12,24 @@ import keras
 import numpy as np
 import pytest
 
+import keras_ov2
 from keras_ov2 import cli
 from keras_ov2.cli.pretrain import parse_stages
 from keras_ov2.data import RecordRange
+from keras_ov2.data import SourceError
 from keras_ov2.data import SyntheticScenes
+from keras_ov2.data import TrainingDefaults
+from keras_ov2.data import build_array_record
+from keras_ov2.data import open_source
 from keras_ov2.data import split_held_out
+from keras_ov2.data.synthetic_scenes import TRAINING_DEFAULTS
 from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
 from keras_ov2.training import Stage
 from keras_ov2.training import pretrain
+from keras_ov2.training.pretrain import DataOptions
 from keras_ov2.training.pretrain import HELD_OUT_SIZE
+from keras_ov2.training.report import HeldOut
+from keras_ov2.training.report import caption_report
 from tests.checkpoint_run import save_tiny_preset
 from tests.once_per_suite import once_per_suite
 
@@ -63,11 +73,78 @@ def test_stages_take_their_warmup_in_steps():
             parse_stages(bad)
 
 
+# -- the data's training defaults ----------------------------------------------------
+
+
+class Declaring:
+    """A source of nothing that recommends a keep ratio."""
+
+    training_defaults = TrainingDefaults("my data's default", keep_ratio=0.5)
+
+
+def test_a_source_s_defaults_apply_where_no_option_is_given():
+    options = DataOptions.resolve(Declaring())
+    assert (options.keep_ratio, options.augment, options.caption_field) == (0.5, True, "caption")
+    assert options.describe() == (
+        "Data: keep ratio 0.5 (my data's default), augmentation on (the authors' default), "
+        "captions 'caption' (the authors' default).")
+    scenes = DataOptions.resolve(SyntheticScenes(4, image_size=56))
+    assert (scenes.keep_ratio, scenes.augment, scenes.caption_field) == (
+        1.0, False, "short_caption")
+    assert "keep ratio 1 (the built-in scenes' default)" in scenes.describe()
+    # A source that declares nothing gets the authors' recipe.
+    assert DataOptions.resolve([]).origins == dict.fromkeys(
+        ("keep_ratio", "augment", "caption_field"), "the authors' default")
+
+
+def test_an_option_given_wins_over_the_source_s_default():
+    options = DataOptions.resolve(SyntheticScenes(4, image_size=56), keep_ratio=0.35,
+                                  augment=True, caption_field="caption")
+    assert (options.keep_ratio, options.augment, options.caption_field) == (0.35, True, "caption")
+    assert set(options.origins.values()) == {"given"}
+    # False and 0-like values are given too, not "no opinion".
+    assert DataOptions.resolve(Declaring(), augment=False).augment is False
+
+
+def test_scenes_stored_as_shards_keep_their_defaults(tmp_path):
+    """The chosen behaviour: the defaults belong to the records, not to the
+    Python type that serves them. `build_array_record` records them in
+    summary.json and the shards' reader declares them again, so the scenes
+    train the same whether read directly or from shards."""
+    scenes = SyntheticScenes(4, image_size=56)
+    build_array_record(scenes, tmp_path / "scenes", verbose=0)
+    shards = open_source(tmp_path / "scenes")
+    assert type(shards).__name__ == "ArrayRecordSource"
+    assert shards.training_defaults == TRAINING_DEFAULTS
+    assert DataOptions.resolve(shards) == DataOptions.resolve(scenes)
+    # A user's records recommend nothing, and neither do shards that summary
+    # does not describe (here: a second build into the same folder).
+    user = [{"image": scenes[i]["image"], "caption": "a scene"} for i in range(2)]
+    build_array_record(user, tmp_path / "user", verbose=0)
+    assert open_source(tmp_path / "user").training_defaults is None
+    build_array_record(user, tmp_path / "scenes", name="more", verbose=0)
+    assert open_source(tmp_path / "scenes").training_defaults is None
+
+
+def test_a_bad_recorded_default_names_the_file_and_field(tmp_path):
+    build_array_record(SyntheticScenes(2, image_size=56), tmp_path / "scenes", verbose=0)
+    summary_path = tmp_path / "scenes" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["training_defaults"]["keep"] = 0.5
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(SourceError, match=r"summary\.json: training_defaults .*'keep'"):
+        open_source(tmp_path / "scenes")
+
+
 # -- held out ---------------------------------------------------------------------
 
 
 class CountingSource:
-    """Records of scenes, counting how often each index is read."""
+    """Records of scenes, counting how often each index is read; it
+    recommends a keep ratio and the short captions."""
+
+    training_defaults = TrainingDefaults("this source's default", keep_ratio=0.5,
+                                         caption_field="short_caption")
 
     def __init__(self, count):
         self.scenes = SyntheticScenes(count, image_size=56, seed=3)
@@ -96,21 +173,65 @@ def test_record_range_is_a_source_of_its_own():
     assert len(train) == 3 and [held[i] for i in range(len(held))] == [3, 4]
     with pytest.raises(ValueError, match="needs at least 2"):
         split_held_out([0], 3)
+    scenes = SyntheticScenes(10, image_size=56)  # makes held-out scenes of its own
+    train, held = split_held_out(scenes, 3)
+    assert train is scenes and repr(held) == repr(scenes.held_out(3))
 
 
 def test_held_out_records_are_never_trained_on(tmp_path):
     """The last HELD_OUT_SIZE records are read once (to measure the run),
-    the others by training, several times over."""
+    the others by training, several times over. The source's defaults apply
+    where no option is given, and the header says where each came from."""
     source = CountingSource(2 * HELD_OUT_SIZE + 8)
     printed = []
-    pretrain(tiny_preset(tmp_path / "tiny"), dataset=source,
-             stages=[Stage(56, 12, 8)], output_dir=tmp_path / "out", print_fn=printed.append,
-             sequence_length=16, augment=False)
+    result = pretrain(tiny_preset(tmp_path / "tiny"), dataset=source,
+                      stages=[Stage(56, 12, 8)], output_dir=tmp_path / "out",
+                      print_fn=printed.append, sequence_length=16, augment=False)
     cut = len(source) - HELD_OUT_SIZE
     assert all(source.reads[i] == 1 for i in range(cut, len(source)))
     assert sum(source.reads[i] for i in range(cut)) >= 12 * 8
     assert f"Held out: the last {HELD_OUT_SIZE} of {len(source)} records, never trained on." \
         in printed
+    assert "Data: keep ratio 0.5 (this source's default), augmentation off (given), captions " \
+        "'short_caption' (this source's default)." in printed
+    assert keras_ov2.OpenVision2Captioner.from_preset(str(tmp_path / "out")).keep_ratio == 0.5
+    # The records carry the scenes' ground truth: measured per attribute.
+    assert set(result["attribute_accuracy"]) == {"count", "colour", "shape", "size"}
+    assert set(result) == {"losses", "loss_before", "loss_after", "output_dir", "samples",
+                           "exact_match", "words_in_place", "attribute_accuracy", "seconds"}
+
+
+# -- the report -------------------------------------------------------------------
+
+
+def objects(colours, shapes, sizes):
+    return {"colour": np.array(colours), "shape": np.array(shapes), "size": np.array(sizes)}
+
+
+def test_caption_report_scores_and_says_the_held_out_captions():
+    truths = ["red circle", "blue square and green cross"]
+    records = [{"objects": objects([0, -1], [0, -1], [1, -1])},
+               {"objects": objects([2, 1], [1, 3], [0, 0])}]
+    held_out = HeldOut(np.zeros((2, 4, 4, 3), np.uint8), truths, records)
+    generated = ["red circle", "blue square and red cross"]
+    scores, lines = caption_report(generated, held_out, "short_caption", num_samples=2)
+    assert scores["samples"] == list(zip(generated, truths))
+    assert scores["exact_match"] == 0.5
+    assert scores["words_in_place"] == pytest.approx((1 + 4 / 5) / 2)
+    assert scores["attribute_accuracy"] == pytest.approx(
+        {"count": 1.0, "colour": 2 / 3, "shape": 1.0, "size": None})
+    assert lines == [
+        "Held-out captions (generated | true):",
+        "  ok  red circle | red circle",
+        "      blue square and red cross | blue square and green cross",
+        "Exactly right: 50% of 2 held-out images; words in place: 90%.",
+        "Right per object, left to right: count 100%, colour 67%, shape 100%.",
+    ]
+    # Records without the scenes' ground truth: no per-attribute accuracy.
+    plain = HeldOut(held_out.images, truths, [{"key": "a"}, {"objects": ["a cat"]}])
+    scores, lines = caption_report(generated, plain, "caption", num_samples=1)
+    assert scores["attribute_accuracy"] is None and len(scores["samples"]) == 1
+    assert not any(line.startswith("Right per object") for line in lines)
 
 
 # -- the backend ------------------------------------------------------------------

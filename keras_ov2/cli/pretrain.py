@@ -49,22 +49,23 @@ def add_pretrain_parser(commands):
     p.add_argument("--data", help="image-caption data: ArrayRecord, WebDataset .tar or Parquet "
                    "shards (a folder, file or quoted glob), or a folder with captions.jsonl "
                    "(default: the built-in synthetic scenes)")
-    p.add_argument("--caption-field", help='record field to caption (default "short_caption" '
-                   'for the built-in scenes, whose long "caption" a tiny model learns slowly; '
-                   '"caption" for --data)')
+    p.add_argument("--caption-field", help="record field to caption (default: the data's "
+                   'choice, "short_caption" for the built-in scenes, whose long "caption" a '
+                   'tiny model learns slowly; else "caption")')
     p.add_argument("--stages", type=parse_stages,
                    help="image_size:steps:batch_size[:lr[:warmup_steps]],... (default "
                    "84:1500:16::75); warmup defaults to steps // 250, as the authors' "
                    "84 px stage (1,563 of 390,981)")
     p.add_argument("--keep-ratio", type=float, help="fraction of visual tokens kept in training "
-                   "(0.35; 1.0 on the built-in scenes, see the README)")
+                   "(default: the data's choice, 1.0 for the built-in scenes, see the README; "
+                   "else the authors' 0.35)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="preset folder to write")
     p.add_argument("--seed", type=int, help="data order, initial weights, masking (0)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (5e-4)")
     p.add_argument("--sequence-length", type=int, help="caption tokens (default: fit the data)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="Inception crop + colour jitter (default: on, off for the built-in "
-                   "scenes, whose captions state colours and positions)")
+                   help="Inception crop + colour jitter (default: the data's choice, off for "
+                   "the built-in scenes, whose captions state colours and positions; else on)")
     p.add_argument("--workers", dest="num_workers", type=int,
                    help="Grain worker processes for decoding and augmentation (0)")
     p.add_argument("--mesh", type=parse_mesh, help="device mesh, data=N[,model=M] or JSON "
@@ -116,9 +117,7 @@ def run_pretrain(args):
     preset = args.preset or DEFAULT_PRESET
     check_preset(preset)
     dataset = None if args.data is None else open_data(args.data)
-    if args.caption_field is None and dataset is not None:
-        args.caption_field = "caption"
-    # Options left out take `pretrain`'s defaults.
+    # Options left out take `pretrain`'s defaults (the data's, else the authors').
     names = ("stages", "keep_ratio", "seed", "caption_field", "learning_rate",
              "sequence_length", "augment", "num_workers", "mesh", "layout",
              "checkpoint_dir", "checkpoint_every", "keep_checkpoints")

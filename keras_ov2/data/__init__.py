@@ -22,6 +22,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "RecordRange": "keras_ov2.data.record_split",
     "split_held_out": "keras_ov2.data.record_split",
     "SourceError": "keras_ov2.data.source_base",
+    "TrainingDefaults": "keras_ov2.data.source_base",
     "open_source": "keras_ov2.data.sources",
     "WebDatasetSource": "keras_ov2.data.webdataset_source",
 })

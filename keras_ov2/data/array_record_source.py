@@ -5,17 +5,46 @@ Grain reads it natively (lazy per-process readers, picklable).
 """
 
 import bisect
+import dataclasses
 import itertools
+import json
 import os
+from pathlib import Path
 
 import grain
 from array_record.python.array_record_module import ArrayRecordReader
 
 from keras_ov2.data import record_format
 from keras_ov2.data.source_base import SourceError
+from keras_ov2.data.source_base import TrainingDefaults
 from keras_ov2.data.source_base import describe
 from keras_ov2.data.source_base import error_record
 from keras_ov2.data.source_base import expand
+
+SUMMARY = "summary.json"  # written by `build_array_record` beside the shards
+
+
+def recorded_defaults(paths):
+    """The `TrainingDefaults` of the source these shards were built from, as
+    `build_array_record` recorded them beside the shards, so that a source
+    stored as shards trains as it would have; None when the shards are not
+    all of the build that summary describes, or it recorded none."""
+    folders = {Path(p).parent for p in paths}
+    if len(folders) != 1:
+        return None
+    path = folders.pop() / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    fields = summary.get("training_defaults")
+    if not fields or not {Path(p).name for p in paths} <= set(summary.get("shards", ())):
+        return None
+    known = {field.name for field in dataclasses.fields(TrainingDefaults)}
+    if not isinstance(fields, dict) or set(fields) - known:
+        raise SourceError(f"{path}: training_defaults must be an object with fields from "
+                          f"{sorted(known)}; got {fields!r}.")
+    return TrainingDefaults(**fields)
 
 
 def count_records(path):
@@ -34,10 +63,12 @@ class ArrayRecordSource:
     """A Grain random-access source over ArrayRecord shards (a path, a glob, or
     a list of them), globs in sorted order. Records are raw record dicts; one
     whose bytes are not a keras_ov2 record gives an "unreadable_record" error
-    record."""
+    record. `training_defaults`: those of the source the shards were built
+    from (see `recorded_defaults`)."""
 
     def __init__(self, paths):
         self.paths = expand(paths, "ArrayRecord shards (*.array_record)")
+        self.training_defaults = recorded_defaults(self.paths)
         counts = [count_records(p) for p in self.paths]
         self._ends = list(itertools.accumulate(counts))
         # Counted once here, so Grain's source need not open every file again.

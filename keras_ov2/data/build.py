@@ -6,6 +6,7 @@ the rest are stored as found (the image bytes are decoded to check them, never
 re-encoded), in the format Grain reads fastest.
 """
 
+import dataclasses
 import io
 import json
 from collections import Counter
@@ -17,12 +18,11 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from keras_ov2.data import record_format
+from keras_ov2.data.array_record_source import SUMMARY
 from keras_ov2.data.decode import BadRecord
 from keras_ov2.data.decode import check_record
 from keras_ov2.data.decode import decode_caption
 from keras_ov2.data.decode import record_caption
-
-SUMMARY = "summary.json"
 
 
 def checked(record, caption_fields, key):
@@ -103,7 +103,8 @@ def build_array_record(source, out_dir, caption_fields=None, records_per_shard=1
 
     Returns:
         The summary, also written to `out_dir/summary.json`: records read and
-        written, records skipped by reason, shard file names and bytes.
+        written, records skipped by reason, shard file names and bytes, and
+        the source's `training_defaults` (the shards' reader declares them).
     """
     if isinstance(caption_fields, str):
         caption_fields = [caption_fields]
@@ -141,11 +142,18 @@ def build_array_record(source, out_dir, caption_fields=None, records_per_shard=1
         "skipped": dict(skipped.most_common()),
         "shards": [s.name for s in shards],
         "bytes": sum(s.stat().st_size for s in shards),
+        "training_defaults": recorded(source),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     if verbose:
         print(describe(summary, out))
     return summary
+
+
+def recorded(source):
+    """The source's `training_defaults` as JSON, or None."""
+    defaults = getattr(source, "training_defaults", None)
+    return None if defaults is None else dataclasses.asdict(defaults)
 
 
 def describe(summary, out):

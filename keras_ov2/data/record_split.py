@@ -25,9 +25,12 @@ class RecordRange:
 
 
 def split_held_out(source, count):
-    """(training records, held-out records): the last `count` records (half
-    of a source of fewer than 2 * `count`) are set aside before training and
-    never trained on."""
+    """(training records, held-out records). A source that makes records of
+    its own kind that it never contains (`held_out(count)`, as the built-in
+    scenes) is trained on whole; any other has its last `count` records (half
+    of a source of fewer than 2 * `count`) set aside, never trained on."""
+    if callable(getattr(source, "held_out", None)):
+        return source, source.held_out(count)
     held = min(count, len(source) // 2)
     if held < 1:
         raise ValueError(

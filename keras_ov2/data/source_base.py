@@ -1,4 +1,5 @@
-"""What the record sources share: paths, construction errors, error records.
+"""What the record sources share: paths, construction errors, error records,
+recommended training settings.
 
 Every source takes "one path, a glob, or a list of them" and fails at
 construction, naming what it looked for, rather than on the first read; and
@@ -6,6 +7,7 @@ every source answers a record it cannot parse with an error record instead of
 raising, so that one bad record is counted and skipped, not fatal.
 """
 
+import dataclasses
 import glob
 import os
 from pathlib import Path
@@ -19,6 +21,19 @@ LAYOUTS = (
 
 # Fields a source sets itself; a data file's fields of these names are dropped.
 RESERVED = ("key", "image", "error", "detail")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDefaults:
+    """Pretraining settings that suit a source's records, declared as its
+    `training_defaults` attribute: `pretrain` applies them where not told
+    otherwise (None: no opinion, the authors' setting applies). `label`
+    names them in the run header, e.g. "the built-in scenes' default"."""
+
+    label: str
+    keep_ratio: float | None = None
+    augment: bool | None = None
+    caption_field: str | None = None
 
 
 class SourceError(ValueError):

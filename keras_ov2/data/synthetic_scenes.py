@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from keras_ov2.data.source_base import TrainingDefaults
+
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = ("small", "large")
@@ -65,6 +67,15 @@ _MIN_SIDE = 8  # Pixels: below this a small triangle and a small circle look ali
 # Objects' corners lie on a grid of twelfths of the side: half a patch of a
 # patch-14 encoder at 84 px, one patch at 168 px.
 POSITION_GRID = 12
+
+# How to pretrain on these scenes (see the README): the decoder sees every
+# patch token (a random 35% of a scene's 36 tokens at 84 px rarely shows an
+# object whole, and a tiny captioner then leaves shapes at chance for far
+# longer than a demo lasts); no crops or colour jitter, which would make the
+# captions' colours and positions false; and the short captions, which a tiny
+# model learns in minutes.
+TRAINING_DEFAULTS = TrainingDefaults("the built-in scenes' default", keep_ratio=1.0,
+                                     augment=False, caption_field="short_caption")
 
 
 def _gap(image_size):
@@ -138,6 +149,8 @@ class SyntheticScenes:
             "colour", "shape", "size" (int32, (max_objects,)) and "box" (int32,
             (max_objects, 4): x0, y0, x1, y1 in pixels, end-exclusive).
     """
+
+    training_defaults = TRAINING_DEFAULTS
 
     def __init__(
         self,

@@ -2,8 +2,6 @@
 
 import dataclasses
 import functools
-import json
-import re
 import time
 import warnings
 from pathlib import Path
@@ -12,21 +10,23 @@ import keras
 import numpy as np
 
 from keras_ov2.data import SyntheticScenes
+from keras_ov2.data import TrainingDefaults
 from keras_ov2.data import split_held_out
-from keras_ov2.data.augment import resize
 from keras_ov2.data.decode import BadRecord
-from keras_ov2.data.decode import check_record
 from keras_ov2.data.decode import decode_caption
-from keras_ov2.evaluation.scene_captions import describe_accuracy
-from keras_ov2.evaluation.scene_captions import scene_caption_accuracy
 from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
+from keras_ov2.training.report import HELD_OUT_SIZE
+from keras_ov2.training.report import HeldOutReport
+from keras_ov2.training.report import tidy  # noqa: F401 (the guides import it from here)
+from keras_ov2.training.report import write_log
 from keras_ov2.training.resume import RunCheckpoints
-from keras_ov2.training.setup import load_captioner
+from keras_ov2.training.setup import load_captioner  # noqa: F401 (benchmarks import it from here)
 from keras_ov2.training.setup import setup_training
 
 DEFAULT_PRESET = "openvision2_captioner_tiny_patch14_84"
-AUTHORS_KEEP_RATIO = 0.35
-HELD_OUT_SIZE = 32  # held-out scenes for the before/after loss and the caption accuracy
+# The paper's recipe, for a source that recommends nothing else.
+AUTHORS_DEFAULTS = TrainingDefaults("the authors' default", keep_ratio=0.35, augment=True,
+                                    caption_field="caption")
 
 
 @dataclasses.dataclass
@@ -100,39 +100,6 @@ class Progress(keras.callbacks.Callback):
         self.window, self.window_start, self.window_steps = [], now, 0
 
 
-def held_out_loss(captioner, images, captions):
-    """Mean caption loss (as in training, weight included, no token masking)."""
-    captioner.preprocessor.image_converter.image_size = images.shape[1:3]
-    logs = captioner.evaluate(images, np.array(captions), batch_size=len(images),
-                              verbose=0, return_dict=True)
-    return float(logs["loss"])
-
-
-def held_out_pairs(source, caption_field, image_size):
-    """Up to HELD_OUT_SIZE good records among the first of `source`: their
-    images (resized), captions and the records themselves. The search is
-    bounded, so that a caption field no record has fails at once instead of
-    reading a whole corpus."""
-    images, captions, records, missing = [], [], [], []
-    for index in range(min(len(source), 8 * HELD_OUT_SIZE)):
-        record = source[index]
-        try:
-            image, caption = check_record(record, caption_field)
-        except BadRecord as error:
-            if error.reason == "missing_caption":
-                missing.append(error)
-            continue
-        images.append(resize(image, image_size))
-        captions.append(caption)
-        records.append(record)
-        if len(images) == HELD_OUT_SIZE:
-            break
-    if not images:
-        detail = f" ({missing[0]})" if missing else ""
-        raise KeyError(f"No usable record with a caption field {caption_field!r}{detail}.")
-    return np.stack(images), captions, records
-
-
 def known_captions(source, caption_field, count):
     """The good captions among the first `count` records (every one of a list)."""
     captions = []
@@ -154,15 +121,32 @@ def fitted_length(preprocessor, captions):
     return min(preprocessor.sequence_length, -(-(longest + 3) // 4) * 4)
 
 
-def tidy(caption):
-    """Glues the detokenizer's spaced punctuation back: "a , b ." -> "a, b."."""
-    return re.sub(r" ([,.:;!?])", r"\1", caption).strip()
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """How a run reads its data. Each option is the one given, else the one
+    the source recommends (its `training_defaults`), else the authors';
+    `origins` names which, for the run header."""
 
+    keep_ratio: float
+    augment: bool
+    caption_field: str
+    origins: dict
 
-def words_in_place(made, truth):
-    """Fraction of word positions where the two captions agree."""
-    made, truth = made.split(), truth.split()
-    return sum(a == b for a, b in zip(made, truth)) / max(len(made), len(truth), 1)
+    @classmethod
+    def resolve(cls, source, keep_ratio=None, augment=None, caption_field=None):
+        given = TrainingDefaults("given", keep_ratio, augment, caption_field)  # None: not given
+        layers = [given, getattr(source, "training_defaults", None), AUTHORS_DEFAULTS]
+        chosen = {name: next(d for d in layers if d is not None and getattr(d, name) is not None)
+                  for name in ("keep_ratio", "augment", "caption_field")}
+        return cls(**{name: getattr(d, name) for name, d in chosen.items()},
+                   origins={name: d.label for name, d in chosen.items()})
+
+    def describe(self):
+        """The run header: each option and where it came from."""
+        origins = self.origins
+        return (f"Data: keep ratio {self.keep_ratio:g} ({origins['keep_ratio']}), augmentation "
+                f"{'on' if self.augment else 'off'} ({origins['augment']}), captions "
+                f"{self.caption_field!r} ({origins['caption_field']}).")
 
 
 def pretrain(
@@ -172,7 +156,7 @@ def pretrain(
     keep_ratio=None,
     output_dir="runs/ov2_pretrain",
     seed=0,
-    caption_field="short_caption",
+    caption_field=None,
     learning_rate=5e-4,
     sequence_length=None,
     log_every=None,
@@ -191,22 +175,17 @@ def pretrain(
 
     `dataset`: a random-access source of raw records (see
     `keras_ov2.data.decode`: "image" as encoded bytes or a uint8 array, and
-    `caption_field`); None uses the built-in `SyntheticScenes`,
-    whose held-out scenes (`held_out()`) give the before/after loss and the
-    sample captions; any other source's last HELD_OUT_SIZE records do, set
-    aside before training and never trained on (`split_held_out`).
-    `caption_field`: "short_caption" by default (a tiny model learns it in
-    minutes; "caption" is the long, detailed one).
+    `caption_field`); None uses the built-in `SyntheticScenes`. The run is
+    measured on HELD_OUT_SIZE records it never trains on (see
+    `split_held_out` and `keras_ov2.training.report`).
+    `keep_ratio` (the fraction of patch tokens the decoder sees), `augment`
+    (the authors' Inception crop + colour jitter) and `caption_field`: None
+    takes what the source recommends (its `training_defaults`, see
+    `keras_ov2.data.TrainingDefaults`; the built-in scenes recommend every
+    token, no augmentation and their short captions, see the README), else
+    the authors' 0.35, on and "caption". The run header says which applied.
     `sequence_length`: None fits it to the captions (see `fitted_length`).
-    `augment`: the authors' Inception crop + colour jitter; None turns it on
-    except for the synthetic scenes, whose captions state colours and
-    positions that jitter and crops would make false. `keep_ratio`: the
-    fraction of patch tokens the decoder sees; None keeps the authors' 0.35,
-    except on the synthetic scenes, where it keeps them all: a demo scene at
-    84 px has 36 tokens, a random 35% of them rarely shows an object whole,
-    and the tiny captioner then leaves shapes at chance for far longer than
-    a demo lasts (see the README). `num_workers`: Grain
-    worker processes for decoding and augmentation.
+    `num_workers`: Grain worker processes for decoding and augmentation.
 
     `mesh` and `layout`: train on several devices (see `setup_training`):
     the captioner is built in the distribution's scope and each host reads
@@ -219,33 +198,29 @@ def pretrain(
     Keras callbacks for every stage's `fit`.
 
     Returns a dict: "losses" [(stage, step, loss)], "loss_before",
-    "loss_after", "output_dir", "samples" [(generated, truth)], "exact_match"
-    (fraction of the held-out batch captioned exactly right), "words_in_place"
-    (see `words_in_place`), "attribute_accuracy" (on the built-in scenes:
-    count, colour, shape and size right, see `scene_caption_accuracy`;
-    else None), "seconds".
+    "loss_after", "samples" [(generated, truth)], "exact_match" (fraction of
+    the held-out batch captioned exactly right), "words_in_place" (see
+    `report.words_in_place`), "attribute_accuracy" (count, colour, shape and
+    size right, where the records carry the built-in scenes' ground truth,
+    see `scene_caption_accuracy`; else None), "output_dir", "seconds".
     """
     print_fn = print_fn or functools.partial(print, flush=True)
+    started = time.perf_counter()
     stages = [s if isinstance(s, Stage) else Stage(*s) for s in stages]
     if not stages:
         raise ValueError("pretrain needs at least one Stage.")
-    started, final_size = time.perf_counter(), stages[-1].image_size
     if dataset is None:
         dataset = SyntheticScenes(100_000, image_size=max(s.image_size for s in stages), seed=seed)
-    if hasattr(dataset, "held_out"):  # scenes of the same kind, never in `dataset`
-        held_out = dataset.held_out(HELD_OUT_SIZE)
-    else:
-        dataset, held_out = split_held_out(dataset, HELD_OUT_SIZE)
-        print_fn(f"Held out: the last {len(held_out)} of {len(dataset) + len(held_out)} "
-                 "records, never trained on.")
-    if augment is None:
-        augment = not isinstance(dataset, SyntheticScenes)
-    if keep_ratio is None:
-        keep_ratio = 1.0 if isinstance(dataset, SyntheticScenes) else AUTHORS_KEEP_RATIO
-    images, truths, held_out_records = held_out_pairs(held_out, caption_field, final_size)
+    data = DataOptions.resolve(dataset, keep_ratio, augment, caption_field)
+    print_fn(data.describe())
+    training, held_out = split_held_out(dataset, HELD_OUT_SIZE)
+    if len(training) < len(dataset):
+        print_fn(f"Held out: the last {len(held_out)} of {len(dataset)} records, never trained on.")
+    report = HeldOutReport(held_out, data.caption_field, stages[-1].image_size, num_samples,
+                           print_fn)
 
     keras.utils.set_random_seed(seed)
-    setup = setup_training(preset, mesh, layout, keep_ratio=keep_ratio)
+    setup = setup_training(preset, mesh, layout, keep_ratio=data.keep_ratio)
     # Keras lays out variables (metrics' too) when it creates them, and fit,
     # evaluate and generate split batches: all inside the distribution.
     with setup.scope():
@@ -253,16 +228,16 @@ def pretrain(
         if captioner.preprocessor is None:
             raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
         if sequence_length is None:
-            sample = truths + known_captions(dataset, caption_field, 256)
+            sample = report.held_out.captions + known_captions(training, data.caption_field, 256)
             sequence_length = fitted_length(captioner.preprocessor, sample)
         captioner.preprocessor.sequence_length = sequence_length
 
         captioner.compile(learning_rate=learning_rate, total_steps=1)
-        loss_before = held_out_loss(captioner, images, truths)
-        print_fn(f"Held-out loss before training: {loss_before:.3f}")
-        run = dict(stages=[dataclasses.asdict(s) for s in stages], seed=seed, keep_ratio=keep_ratio,
-                   caption_field=caption_field, learning_rate=learning_rate,
-                   sequence_length=sequence_length, augment=augment, dataset_size=len(dataset))
+        report.before(captioner)
+        run = dict(stages=[dataclasses.asdict(s) for s in stages], seed=seed,
+                   keep_ratio=data.keep_ratio, caption_field=data.caption_field,
+                   learning_rate=learning_rate, sequence_length=sequence_length,
+                   augment=data.augment, dataset_size=len(training))
         checkpoints = RunCheckpoints(checkpoint_dir, checkpoint_every, run,
                                      [s.steps for s in stages], keep_checkpoints, print_fn)
         resumed = checkpoints.resume(captioner)
@@ -278,14 +253,15 @@ def pretrain(
                 continue
             lr = stage.learning_rate or learning_rate
             print_fn(f"{label} {stage.steps} steps of {stage.batch_size} images, peak lr "
-                     f"{lr:g} after {stage.warmup} warmup steps, keep ratio {keep_ratio:g}, "
-                     f"captions: {caption_field!r} ({sequence_length} tokens)")
+                     f"{lr:g} after {stage.warmup} warmup steps, keep ratio {data.keep_ratio:g}, "
+                     f"captions: {data.caption_field!r} ({sequence_length} tokens)")
             captioner.start_stage(stage.image_size, total_steps=stage.steps,
                                   learning_rate=lr, warmup_steps=stage.warmup)
             every = log_every or max(1, stage.steps // 12)
             progress = Progress(label, stage.steps, stage.batch_size, every, print_fn, done)
-            ds = setup.dataset(dataset, stage.image_size, stage.batch_size, caption_field,
-                               seed=seed + index, augment_images=augment, num_workers=num_workers)
+            ds = setup.dataset(training, stage.image_size, stage.batch_size, data.caption_field,
+                               seed=seed + index, augment_images=data.augment,
+                               num_workers=num_workers)
             with warnings.catch_warnings():  # the pooled output's norm is unused here
                 warnings.filterwarnings("ignore", "Gradients do not exist for variables")
                 batches = checkpoints.start_stage(index, captioner, ds)
@@ -297,31 +273,12 @@ def pretrain(
             losses += [(index, step, loss) for step, loss in progress.history]
             if ds.skipped.total:
                 print_fn(f"{label} bad records {ds.skipped.summary()}")
-        loss_after = held_out_loss(captioner, images, truths)
-        print_fn(f"Held-out loss: {loss_before:.3f} -> {loss_after:.3f}")
 
+        measured = report.after(captioner)
         output_dir = Path(output_dir)
         captioner.compile(learning_rate=learning_rate)  # a fresh optimizer: not saved
         captioner.save_to_preset(str(output_dir))
-        generated = [tidy(c) for c in captioner.generate(
-            images, max_length=captioner.preprocessor.sequence_length)]
-        exact = float(np.mean([g == t for g, t in zip(generated, truths)]))
-        words = float(np.mean([words_in_place(g, t) for g, t in zip(generated, truths)]))
-        samples = list(zip(generated, truths))[:num_samples]
-        print_fn("Held-out captions (generated | true):")
-        for made, truth in samples:
-            print_fn(f"  {'ok ' if made == truth else '   '} {made} | {truth}")
-        print_fn(f"Exactly right: {exact:.0%} of {len(truths)} held-out images; words in "
-                 f"place: {words:.0%}.")
-        attributes = None
-        if isinstance(held_out, SyntheticScenes):
-            attributes = scene_caption_accuracy(generated, held_out_records,
-                                                sizes=caption_field == "caption")
-            print_fn(f"Right per object, left to right: {describe_accuracy(attributes)}.")
-        result = dict(losses=losses, loss_before=loss_before, loss_after=loss_after,
-                      output_dir=str(output_dir), samples=samples, exact_match=exact,
-                      words_in_place=words, attribute_accuracy=attributes,
-                      seconds=time.perf_counter() - started)
-        (output_dir / "pretrain_log.json").write_text(json.dumps(result, indent=2))
-        print_fn(f"Saved the captioner preset to {output_dir} ({result['seconds']:.0f} s).")
-        return result
+    result = dict(losses=losses, **measured, output_dir=str(output_dir),
+                  seconds=time.perf_counter() - started)
+    write_log(result, print_fn)
+    return result

@@ -1,0 +1,134 @@
+"""What `pretrain` reports: the held-out loss before and after training, the
+held-out captions the trained captioner writes and how right they are, and
+the run's log file."""
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from keras_ov2.data.augment import resize
+from keras_ov2.data.decode import BadRecord
+from keras_ov2.data.decode import check_record
+from keras_ov2.evaluation.scene_captions import describe_accuracy
+from keras_ov2.evaluation.scene_captions import scene_caption_accuracy
+
+HELD_OUT_SIZE = 32  # held-out records for the before/after loss and the caption accuracy
+LOG = "pretrain_log.json"
+
+
+def tidy(caption):
+    """Glues the detokenizer's spaced punctuation back: "a , b ." -> "a, b."."""
+    return re.sub(r" ([,.:;!?])", r"\1", caption).strip()
+
+
+def words_in_place(made, truth):
+    """Fraction of word positions where the two captions agree."""
+    made, truth = made.split(), truth.split()
+    return sum(a == b for a, b in zip(made, truth)) / max(len(made), len(truth), 1)
+
+
+def has_scene_truth(records):
+    """Whether the records carry the built-in scenes' ground truth, from
+    which the objects a caption names can be checked one by one."""
+    return all(isinstance(r.get("objects"), dict)
+               and {"colour", "shape", "size"} <= r["objects"].keys() for r in records)
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """The held-out batch a run is measured on: images (at the last stage's
+    size), their true captions and the records they come from."""
+
+    images: np.ndarray
+    captions: list
+    records: list
+
+    @classmethod
+    def read(cls, source, caption_field, image_size):
+        """Up to HELD_OUT_SIZE good records among the first of `source`. The
+        search is bounded, so that a caption field no record has fails at
+        once (KeyError) instead of reading a whole corpus."""
+        images, captions, records, missing = [], [], [], []
+        for index in range(min(len(source), 8 * HELD_OUT_SIZE)):
+            record = source[index]
+            try:
+                image, caption = check_record(record, caption_field)
+            except BadRecord as error:
+                if error.reason == "missing_caption":
+                    missing.append(error)
+                continue
+            images.append(resize(image, image_size))
+            captions.append(caption)
+            records.append(record)
+            if len(images) == HELD_OUT_SIZE:
+                break
+        if not images:
+            detail = f" ({missing[0]})" if missing else ""
+            raise KeyError(f"No usable record with a caption field {caption_field!r}{detail}.")
+        return cls(np.stack(images), captions, records)
+
+    def loss(self, captioner):
+        """Mean caption loss (as in training, weight included, no token masking)."""
+        captioner.preprocessor.image_converter.image_size = self.images.shape[1:3]
+        logs = captioner.evaluate(self.images, np.array(self.captions),
+                                  batch_size=len(self.images), verbose=0, return_dict=True)
+        return float(logs["loss"])
+
+
+def caption_report(generated, held_out, caption_field, num_samples):
+    """Scores of the captions `generated` for `held_out`, and the lines that
+    say them: ({"samples", "exact_match", "words_in_place",
+    "attribute_accuracy"}, lines). Attribute accuracy needs the scenes'
+    ground truth in the records (see `has_scene_truth`); else it is None."""
+    truths = held_out.captions
+    scores = dict(
+        samples=list(zip(generated, truths))[:num_samples],
+        exact_match=float(np.mean([g == t for g, t in zip(generated, truths)])),
+        words_in_place=float(np.mean([words_in_place(g, t) for g, t in zip(generated, truths)])),
+        attribute_accuracy=None,
+    )
+    lines = ["Held-out captions (generated | true):"]
+    lines += [f"  {'ok ' if made == truth else '   '} {made} | {truth}"
+              for made, truth in scores["samples"]]
+    lines.append(f"Exactly right: {scores['exact_match']:.0%} of {len(truths)} held-out "
+                 f"images; words in place: {scores['words_in_place']:.0%}.")
+    if has_scene_truth(held_out.records):
+        scores["attribute_accuracy"] = accuracy = scene_caption_accuracy(
+            generated, held_out.records, sizes=caption_field == "caption")
+        lines.append(f"Right per object, left to right: {describe_accuracy(accuracy)}.")
+    return scores, lines
+
+
+class HeldOutReport:
+    """Measures a run on records it never trains on: the loss before
+    training (`before`), then the loss and the captions after (`after`)."""
+
+    def __init__(self, source, caption_field, image_size, num_samples, print_fn):
+        self.held_out = HeldOut.read(source, caption_field, image_size)
+        self.caption_field, self.num_samples, self.print_fn = caption_field, num_samples, print_fn
+        self.loss_before = None
+
+    def before(self, captioner):
+        self.loss_before = self.held_out.loss(captioner)
+        self.print_fn(f"Held-out loss before training: {self.loss_before:.3f}")
+
+    def after(self, captioner):
+        """The loss before and after, the sample captions and their scores (a dict)."""
+        loss_after = self.held_out.loss(captioner)
+        self.print_fn(f"Held-out loss: {self.loss_before:.3f} -> {loss_after:.3f}")
+        generated = [tidy(c) for c in captioner.generate(
+            self.held_out.images, max_length=captioner.preprocessor.sequence_length)]
+        scores, lines = caption_report(generated, self.held_out, self.caption_field,
+                                       self.num_samples)
+        for line in lines:
+            self.print_fn(line)
+        return dict(loss_before=self.loss_before, loss_after=loss_after, **scores)
+
+
+def write_log(result, print_fn):
+    """Writes `result` into its "output_dir", beside the saved preset."""
+    (Path(result["output_dir"]) / LOG).write_text(json.dumps(result, indent=2))
+    print_fn(f"Saved the captioner preset to {result['output_dir']} ({result['seconds']:.0f} s).")
