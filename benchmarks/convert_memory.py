@@ -23,19 +23,16 @@ open_clip_model.safetensors, then converts each into the preset
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_measure import machine  # noqa: E402
-from step_measure import print_result  # noqa: E402
-from step_measure import proc_status_kb  # noqa: E402
-from step_measure import reset_peak_rss  # noqa: E402
-from step_measure import run_in_subprocess  # noqa: E402
+from step_measure import machine
+from step_measure import print_result
+from step_measure import proc_status_kb
+from step_measure import reset_peak_rss
+from step_measure import run_in_subprocess
 
 PRESET = "openvision2_vit_large_patch14_224"
 RUNS = {  # label: (weights file, reader)
@@ -95,11 +92,10 @@ def convert_with_torch_load(weights, out):
     import torch
 
     from keras_ov2.convert import backbone_from_open_clip
-    from keras_ov2.convert.reading import read_json
 
     state = torch.load(weights, map_location="cpu", weights_only=True)
     state = {k: v.float().numpy() for k, v in state.items()}
-    config = read_json(Path(weights).with_name("open_clip_config.json"))
+    config = json.loads(Path(weights).with_name("open_clip_config.json").read_text())
     backbone = backbone_from_open_clip(state, config, projection=False)
     backbone.save_to_preset(str(out))
 

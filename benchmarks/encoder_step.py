@@ -23,31 +23,27 @@ matmul in JAX, best of 20) and achieved GFLOP/s come from the analytic count
 """
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from step_measure import machine  # noqa: E402
+from keras_ov2 import flops
+from step_measure import ENCODERS
+from step_measure import build_backbone
+from step_measure import encoder_size
+from step_measure import load_average
+from step_measure import machine
+from step_measure import print_result
+from step_measure import run_in_subprocess
+from step_measure import timed
+from step_measure import write_json
 
-# (patch, width, depth, heads, MLP width)
-MODELS = {
-    "ti16": (16, 192, 12, 3, 768),
-    "s16": (16, 384, 12, 6, 1536),
-    "b16": (16, 768, 12, 12, 3072),
-}
-RESULT_MARK = "ENCODER_STEP_RESULT "
 PEAK_SIZE = 2048
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="ti16,s16", help="comma-separated, of %s" % sorted(MODELS))
+    parser.add_argument("--models", default="ti16,s16", help="comma-separated, of %s" % sorted(ENCODERS))
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
@@ -65,17 +61,12 @@ def images(batch, size):
     return np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype("float32")
 
 
-def timed(run, steps, cpu_times=None):
-    """Wall seconds of each call; CPU seconds of the process (all threads)
-    appended to `cpu_times` when given."""
-    times = []
-    for _ in range(steps):
-        start, cpu = time.perf_counter(), time.process_time()
-        run()
-        times.append(time.perf_counter() - start)
-        if cpu_times is not None:
-            cpu_times.append(time.process_time() - cpu)
-    return times
+def timed_steps(run, steps):
+    """One warmup call of `run`, `steps` timed ones, and the loss of one more."""
+    run()
+    cpu_times = []
+    times = timed(run, steps, cpu_times)
+    return {"times_s": times, "cpu_times_s": cpu_times, "loss": float(run())}
 
 
 # ----------------------------------------------------------------------------
@@ -96,19 +87,12 @@ def jax_matmul_peak():
 
 
 def run_keras_ov2(args):
-    os.environ["KERAS_BACKEND"] = "jax"
     import jax
     import keras
 
-    import keras_ov2
-
     peak = jax_matmul_peak()
-    patch, width, depth, heads, mlp = MODELS[args.model]
     keras.utils.set_random_seed(0)
-    backbone = keras_ov2.OpenVision2Backbone(
-        patch_size=patch, hidden_dim=width, num_layers=depth, num_heads=heads,
-        intermediate_dim=mlp, projection_dim=width,
-    )
+    backbone = build_backbone(args.model, projection_dim=encoder_size(args.model)[1].width)
     optimizer = keras.optimizers.AdamW(1e-4, beta_1=0.9, beta_2=0.95, weight_decay=0.2)
     optimizer.build(backbone.trainable_variables)
     non_trainable = [v.value for v in backbone.non_trainable_variables]
@@ -137,13 +121,10 @@ def run_keras_ov2(args):
         jax.block_until_ready(loss)
         return loss
 
-    run()  # warmup
-    cpu_times = []
-    times = timed(run, args.steps, cpu_times)
     return {
-        "cpu_times_s": cpu_times,
+        **timed_steps(run, args.steps),
         "framework": "keras_ov2", "version": f"jax {jax.__version__}, keras {keras.__version__}",
-        "peak_gflops": peak, "times_s": times, "compile_s": compile_s, "loss": float(run()),
+        "peak_gflops": peak, "compile_s": compile_s,
     }
 
 
@@ -151,10 +132,11 @@ def run_open_clip(args):
     import torch
     from open_clip.model import _build_vision_tower
 
-    patch, width, depth, heads, mlp = MODELS[args.model]
+    patch, vit = encoder_size(args.model)
+    width = vit.width
     vision_cfg = dict(
-        image_size=args.image_size, layers=depth, width=width, patch_size=patch,
-        head_width=width // heads, mlp_ratio=mlp / width, no_ln_pre=True,
+        image_size=args.image_size, layers=vit.depth, width=width, patch_size=patch,
+        head_width=width // vit.heads, mlp_ratio=vit.mlp / width, no_ln_pre=True,
         pool_type="avg", final_ln_after_pool=True, norm_kwargs={"eps": 1e-6},
     )
     torch.manual_seed(0)
@@ -172,13 +154,10 @@ def run_open_clip(args):
     a = torch.ones(PEAK_SIZE, PEAK_SIZE)
     torch.mm(a, a)
     peak = 2 * PEAK_SIZE**3 / min(timed(lambda: torch.mm(a, a), 20)) / 1e9
-    run()  # warmup
-    cpu_times = []
-    times = timed(run, args.steps, cpu_times)
     return {
-        "cpu_times_s": cpu_times,
+        **timed_steps(run, args.steps),
         "framework": "open_clip", "version": f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "torch_peak_gflops": peak, "times_s": times, "loss": float(run()),
+        "torch_peak_gflops": peak,
     }
 
 
@@ -187,38 +166,22 @@ def run_open_clip(args):
 # ----------------------------------------------------------------------------
 
 
-def load_average():
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def run_worker(framework, model, argv):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if framework == "open_clip":
-        env.pop("KERAS_BACKEND", None)
-    command = [sys.executable, os.path.abspath(__file__), *argv, "--worker", framework, "--model", model]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-    raise SystemExit(f"{framework} {model}: the worker failed (exit {done.returncode}).")
-
-
-def load_flops():
-    """keras_ov2/flops.py alone: importing the package would load Keras
-    (and TensorFlow), which the open_clip worker must not."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("flops", os.path.join(ROOT, "keras_ov2", "flops.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """One framework's run in its own process; open_clip's without a Keras
+    backend (torchvision's import crashes after TensorFlow's)."""
+    return run_in_subprocess(
+        __file__,
+        [*argv, "--worker", framework, "--model", model],
+        f"{framework} {model}",
+        backend="jax" if framework == "keras_ov2" else None,
+    )
 
 
 def summarize(args, model, runs, peak):
-    flops = load_flops()
-    patch, width, depth, heads, mlp = MODELS[model]
-    forward = flops.encoder_flops(args.image_size, patch, width, depth, mlp, projection_dim=width)
+    patch, vit = encoder_size(model)
+    forward = flops.encoder_flops(
+        args.image_size, patch, vit.width, vit.depth, vit.mlp, projection_dim=vit.width
+    )
     step_flops = flops.train_flops(forward) * args.batch_size
     rows = {}
     for framework, results in runs.items():
@@ -252,8 +215,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.worker:
-        result = {"keras_ov2": run_keras_ov2, "open_clip": run_open_clip}[args.worker](args)
-        print(RESULT_MARK + json.dumps(result), flush=True)
+        print_result({"keras_ov2": run_keras_ov2, "open_clip": run_open_clip}[args.worker](args))
         return
     models = [m for m in args.models.split(",") if m]
     frameworks = [f for f in args.frameworks.split(",") if f]
@@ -262,7 +224,7 @@ def main(argv=None):
           f"alternating rounds x {args.steps} timed steps (after 1 warmup) per framework")
     started = time.perf_counter()
     runs = {m: {f: [] for f in frameworks} for m in models}
-    for round_index in range(args.rounds):
+    for _ in range(args.rounds):
         for model in models:
             for framework in frameworks:
                 runs[model][framework].append(run_worker(framework, model, argv))
@@ -281,9 +243,7 @@ def main(argv=None):
           "%peak from the fastest step and the analytic FLOPs; cpu_s/step: median process CPU "
           "time per step (all threads; spinning threads count too).")
     print(f"load average after: {load_average()}; total wall time {time.perf_counter() - started:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"peak_gflops": peak, "models": summaries, "runs": runs}, f, indent=1)
+    write_json(args.json, args, runs, peak_gflops=peak, models=summaries)
 
 
 if __name__ == "__main__":

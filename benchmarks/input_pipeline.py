@@ -24,8 +24,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from keras_ov2.data.pipeline import make_pretraining_dataset  # noqa: E402
-from keras_ov2.training.pretrain import load_captioner  # noqa: E402
+from keras_ov2.data import make_pretraining_dataset  # noqa: E402
+from keras_ov2.training import load_captioner  # noqa: E402
+from step_measure import machine  # noqa: E402
 
 
 def web_like_jpegs(count, width, height, seed=0):
@@ -100,7 +101,7 @@ def main():
     width, height = (int(v) for v in args.source_size.split("x"))
     records = web_like_jpegs(256, width, height)
     mean_kb = np.mean([len(r["image"]) for r in records]) / 1024
-    print(f"Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPUs; "
+    print(f"{machine()}; Keras {keras.__version__} on {keras.backend.backend()}; "
           f"{len(records)} JPEGs of {width}x{height} ({mean_kb:.0f} KB each); "
           f"train: {args.preset}, batch {args.batch}, float32")
     header = (f"{'px':>4} | {'1 worker, aug':>13} | {'1 worker, resize':>16} | "

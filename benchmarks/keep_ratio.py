@@ -17,29 +17,29 @@ against keep_ratio 1.0:
 Memory and time: see `step_measure.py` (XLA's buffer assignment for the
 compiled step, the rise of resident memory, median and fastest step).
 
-FLOPs: `GFLOP` is XLA's own count for the compiled step
-(`compiled.cost_analysis()`); `flop/1.0` the analytic ratio of matmul FLOPs
-(see `analytic_flops`); both per step, whole batch.
+FLOPs: `XLA_GFLOP` is XLA's own count for the compiled step
+(`compiled.cost_analysis()`); `flop/1.0` the ratio of the analytic matmul
+FLOPs of `keras_ov2.flops`; both per step, whole batch.
 """
 
 import argparse
-import json
-import os
 import sys
 import time
 
-from step_measure import machine
+from keras_ov2 import flops
+from step_measure import add_captioner_arguments
+from step_measure import backend_line
+from step_measure import build_captioner
+from step_measure import caption_batch
+from step_measure import check_captioner_arguments
 from step_measure import measure_train_step
+from step_measure import print_columns
 from step_measure import print_result
 from step_measure import ratio
-from step_measure import run_in_subprocess
-
-# (patch, width, depth, heads, MLP width) of the encoder choices.
-ENCODERS = {
-    "ti16": (16, 192, 12, 3, 768),
-    "s16": (16, 384, 12, 6, 1536),
-    "b16": (16, 768, 12, 12, 3072),
-}
+from step_measure import ratio_cells
+from step_measure import run_workers
+from step_measure import step_cells
+from step_measure import write_json
 
 
 def parse_args(argv=None):
@@ -54,58 +54,28 @@ def parse_args(argv=None):
         default="1.0,0.35,0.25",
         help="comma-separated keep ratios; 1.0 is added if missing (default %(default)s)",
     )
-    parser.add_argument("--encoder", default="ti16", choices=sorted(ENCODERS))
-    parser.add_argument(
-        "--decoder",
-        default="Ti",
-        help="decoder variant of OpenVision2TextDecoder.from_variant (default %(default)s)",
-    )
-    parser.add_argument("--vocabulary-size", type=int, default=32000)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument(
-        "--seq-len",
-        type=int,
-        default=128,
-        help="caption length; the decoder sees seq_len - 1 positions (default %(default)s)",
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (default %(default)s)")
+    add_captioner_arguments(parser, encoder="ti16", seq_len=128, steps=5)
     parser.add_argument(
         "--attention-mask", default="causal", choices=("causal", "prefix")
     )
-    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.seq_len < 2:
-        parser.error("--seq-len must be at least 2.")
-    if args.image_size < ENCODERS[args.encoder][0]:
-        parser.error("--image-size must be at least one patch.")
-    return args
+    return check_captioner_arguments(parser, parser.parse_args(argv))
 
 
-# ----------------------------------------------------------------------------
-# Analytic FLOPs (forward, matmuls only, one sample)
-# ----------------------------------------------------------------------------
-
-
-def block_flops(length, width, mlp):
-    """Pre-norm block: q/k/v/out (8 S D^2), MLP (4 S D F), QK^T and AV
-    (4 S^2 D; masked positions are computed too: XLA has no causal skip)."""
-    return 8 * length * width**2 + 4 * length * width * mlp + 4 * length**2 * width
-
-
-def analytic_flops(num_patches, kept, num_text, patch, enc, dec, vocab):
-    """Forward matmul FLOPs per sample, split by part. A train step costs
-    about 3x (the backward pass is ~2x the forward), the same for every part,
-    so ratios of these numbers are ratios of train-step FLOPs."""
-    enc_width, enc_depth, enc_mlp = enc
-    dec_width, dec_depth, dec_mlp = dec
+def analytic_flops(captioner, image_size, keep_ratio, seq_len):
+    """Forward matmul FLOPs per sample (`keras_ov2.flops`), split into the
+    encoder, the decoder's visual projection and blocks, and its vocabulary
+    head. A train step costs about 3x, the same for every part, so ratios of
+    these are ratios of train-step FLOPs."""
+    decoder = captioner.decoder.get_config()
+    parts = flops.captioner_flops(
+        captioner.backbone.get_config(), decoder, image_size, keep_ratio, seq_len
+    )
+    head = flops.dense_flops(seq_len - 1, decoder["hidden_dim"], decoder["vocabulary_size"])
     return {
-        "encoder": 2 * num_patches * patch * patch * 3 * enc_width
-        + enc_depth * block_flops(num_patches + 1, enc_width, enc_mlp),
-        "decoder_blocks": 2 * kept * enc_width * dec_width
-        + dec_depth * block_flops(kept + num_text, dec_width, dec_mlp),
-        "head": 2 * num_text * dec_width * vocab,
+        "encoder": parts["encoder"],
+        "decoder_blocks": parts["decoder"] - head,
+        "head": head,
     }
 
 
@@ -115,53 +85,19 @@ def analytic_flops(num_patches, kept, num_text, patch, enc, dec, vocab):
 
 
 def run_worker(args, keep_ratio):
-    os.environ["KERAS_BACKEND"] = "jax"
-    import keras
-    import numpy as np
-
-    import keras_ov2
-
-    keras.utils.set_random_seed(0)
-    patch, width, depth, heads, mlp = ENCODERS[args.encoder]
-    backbone = keras_ov2.OpenVision2Backbone(
-        patch_size=patch,
-        hidden_dim=width,
-        num_layers=depth,
-        num_heads=heads,
-        intermediate_dim=mlp,
-    )
-    decoder = keras_ov2.OpenVision2TextDecoder.from_variant(
+    captioner = build_captioner(
+        args.encoder,
         args.decoder,
-        vocabulary_size=args.vocabulary_size,
+        args.vocabulary_size,
+        keep_ratio,
         attention_mask=args.attention_mask,
     )
-    captioner = keras_ov2.OpenVision2Captioner(
-        backbone, decoder, preprocessor=None, keep_ratio=keep_ratio, seed=0
-    )
-    captioner.compile(learning_rate=1e-4, total_steps=1000)
-
-    batch, size, num_text = args.batch_size, args.image_size, args.seq_len - 1
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(3, args.vocabulary_size, (batch, args.seq_len), dtype="int32")
-    x = {
-        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
-        "token_ids": tokens[:, :-1],
-    }
-    y = tokens[:, 1:]
-    sample_weight = np.ones((batch, num_text), dtype="float32")
-
-    measured = measure_train_step(captioner, x, y, sample_weight, args.steps)
-    num_patches = (size // patch) ** 2
+    size, num_text = args.image_size, args.seq_len - 1
+    batch = caption_batch(args.batch_size, size, args.seq_len, args.vocabulary_size)
+    measured = measure_train_step(captioner, *batch, args.steps)
+    num_patches = flops.num_patches(size, captioner.backbone.patch_size)
     kept = captioner.token_masking.kept_count(num_patches)
-    flops = analytic_flops(
-        num_patches,
-        kept,
-        num_text,
-        patch,
-        (width, depth, mlp),
-        (decoder.hidden_dim, decoder.num_layers, decoder.intermediate_dim),
-        decoder.vocabulary_size,
-    )
+    forward = analytic_flops(captioner, size, keep_ratio, args.seq_len)
     return {
         **measured,
         "keep_ratio": keep_ratio,
@@ -169,9 +105,7 @@ def run_worker(args, keep_ratio):
         "kept": kept,
         "decoder_length": kept + num_text,
         "num_text": num_text,
-        "analytic_forward_gflop_per_sample": {k: v / 1e9 for k, v in flops.items()},
-        "keras": keras.__version__,
-        "dtype": keras.config.dtype_policy().name,
+        "analytic_forward_gflop_per_sample": {k: v / 1e9 for k, v in forward.items()},
     }
 
 
@@ -180,37 +114,23 @@ def run_worker(args, keep_ratio):
 # ----------------------------------------------------------------------------
 
 
-def run_config(keep_ratio, argv):
-    return run_in_subprocess(__file__, [*argv, "--worker", str(keep_ratio)], f"keep_ratio {keep_ratio}")
-
-
 def print_table(args, results):
     base = next(r for r in results if r["keep_ratio"] == 1.0)
 
     def total_flops(r):
         return sum(r["analytic_forward_gflop_per_sample"].values())
 
-    header = (
-        f"{'keep_ratio':>10} {'K':>4} {'dec_len':>7} {'step_ms':>8} {'min_ms':>7} "
-        f"{'images/s':>8} {'GFLOP':>6} {'peak_MB':>7} {'temp_MB':>7} {'rss_MB':>6} "
-        f"{'step/1.0':>8} {'min/1.0':>7} {'flop/1.0':>8} {'mem/1.0':>7} {'temp/1.0':>8}"
-    )
-    print(header)
-    for r in results:
-        rss = "n/a" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
-        gflop = "n/a" if r["xla_gflop"] is None else f"{r['xla_gflop']:.0f}"
-        print(
-            f"{r['keep_ratio']:>10.2f} {r['kept']:>4} {r['decoder_length']:>7} "
-            f"{r['step_s'] * 1e3:>8.0f} {r['min_step_s'] * 1e3:>7.0f} "
-            f"{args.batch_size / r['step_s']:>8.2f} "
-            f"{gflop:>6} {r['peak_mb']:>7.0f} {r['temp_mb']:>7.0f} {rss:>6} "
-            f"{ratio(r['step_s'], base['step_s']):>8} "
-            f"{ratio(r['min_step_s'], base['min_step_s']):>7} "
-            f"{ratio(total_flops(r), total_flops(base)):>8} "
-            f"{ratio(r['peak_mb'], base['peak_mb']):>7} "
-            f"{ratio(r['temp_mb'], base['temp_mb']):>8}"
-        )
-
+    print_columns([
+        {
+            "keep_ratio": f"{r['keep_ratio']:.2f}",
+            "K": r["kept"],
+            "dec_len": r["decoder_length"],
+            **step_cells(r, args.batch_size),
+            **ratio_cells(r, base, "1.0"),
+            "flop/1.0": ratio(total_flops(r), total_flops(base)),
+        }
+        for r in results
+    ])
     print()
     print("Analytic forward GFLOP per sample (matmuls; train step ~3x):")
     print(f"{'keep_ratio':>10} {'encoder':>8} {'dec_blocks':>10} {'head':>6} {'total':>6} {'encoder%':>8}")
@@ -235,25 +155,17 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.worker is not None:
-        result = run_worker(args, args.worker)
-        print_result(result)
+        print_result(run_worker(args, args.worker))
         return
 
     ratios = [float(r) for r in args.keep_ratios.split(",") if r.strip()]
     if 1.0 not in ratios:
         ratios.insert(0, 1.0)
     started = time.perf_counter()
-    print(f"machine:  {machine()}")
-    print("note:     timings are wall-clock on this machine; other load on it shows up in them")
-    results = []
-    for keep_ratio in ratios:
-        print(f"running keep_ratio {keep_ratio} ...", flush=True)
-        results.append(run_config(keep_ratio, argv))
+    workers = [(f"keep_ratio {r}", ["--worker", str(r)]) for r in ratios]
+    results = run_workers(__file__, argv, workers)
     first = results[0]
-    print(
-        f"backend:  jax {first['jax']} (CPU), keras {first['keras']}, "
-        f"dtype {first['dtype']}"
-    )
+    print(f"backend:  {backend_line(first)}")
     print(
         f"model:    encoder {args.encoder} + decoder {args.decoder} "
         f"(vocab {args.vocabulary_size}, {args.attention_mask} mask), "
@@ -269,15 +181,13 @@ def main(argv=None):
     print()
     print(
         "step_ms / min_ms = median / fastest timed step; images/s from the median; "
-        "GFLOP = XLA cost analysis of one step; peak_MB = XLA arguments + outputs "
+        "XLA_GFLOP = XLA cost analysis of one step; peak_MB = XLA arguments + outputs "
         "- donated + temporaries of the compiled step; temp_MB = its temporaries; "
         "rss_MB = rise of resident memory above the pre-step level while stepping; "
         "flop/1.0 = analytic matmul FLOPs vs keep_ratio 1.0."
     )
     print(f"total wall time {time.perf_counter() - started:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine(), "results": results}, f, indent=2)
+    write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

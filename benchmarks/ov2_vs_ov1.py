@@ -20,7 +20,7 @@ the ratios to OV1 beside the paper's:
     python benchmarks/ov2_vs_ov1.py --encoders ti16 --image-sizes 224 --batch-size 16
 
 Columns: step_ms / min_ms (median / fastest timed step), images/s, GFLOP/img
-(analytic train FLOPs per image, `keras_ov2.flops`, 3 x forward), XLA GFLOP
+(analytic train FLOPs per image, `keras_ov2.flops`, 3 x forward), XLA_GFLOP
 (XLA's count for the whole compiled step), peak_MB (XLA buffer assignment of
 the step: parameters, AdamW slots, batch and activations), temp_MB (its
 temporaries: the activations kept for the backward pass, which dominate at
@@ -29,15 +29,19 @@ accelerator.
 """
 
 import argparse
-import os
 import sys
 import time
 
-from step_measure import machine
+from step_measure import backend_line
+from step_measure import caption_batch
 from step_measure import measure_train_step
+from step_measure import print_columns
 from step_measure import print_result
 from step_measure import ratio
-from step_measure import run_in_subprocess
+from step_measure import ratio_cells
+from step_measure import run_workers
+from step_measure import step_cells
+from step_measure import write_json
 
 ENCODER_PRESETS = {
     "ti16": ("openvision_clips_vit_tiny_patch16_84", "openvision2_captioner_vit_tiny_patch16_84"),
@@ -63,6 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--image-sizes", default="84,224")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (default %(default)s)")
+    parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # model keep encoder size
     args = parser.parse_args(argv)
     args.encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
@@ -73,8 +78,12 @@ def parse_args(argv=None):
     return args
 
 
-def ov1_batch(model, batch, size, rng):
-    """Random uint8 images, two 80-id texts, a 128-id caption target."""
+def ov1_batch(model, batch, size, seed=0):
+    """(x, y, sample_weight): random uint8 images, two 80-id texts, a 128-id
+    caption target."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
     text_length = model.preprocessor.sequence_length
     target_length = model.decoder.num_queries
     vocabulary = model.decoder.vocabulary_size
@@ -84,57 +93,43 @@ def ov1_batch(model, batch, size, rng):
         "sentence_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
     }
     y = rng.integers(3, vocabulary, (batch, target_length), dtype="int32")
-    return x, y, (target_length, text_length)
-
-
-def ov2_batch(model, batch, size, rng):
-    """Random uint8 images and a caption of the preset's length."""
-    length = model.preprocessor.sequence_length
-    tokens = rng.integers(3, model.decoder.vocabulary_size, (batch, length), dtype="int32")
-    x = {
-        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
-        "token_ids": tokens[:, :-1],
-    }
-    return x, tokens[:, 1:], (length,)
+    return x, y, np.ones(y.shape, dtype="float32")
 
 
 def run_worker(args):
-    os.environ["KERAS_BACKEND"] = "jax"
     import keras
-    import numpy as np
 
     from keras_ov2 import flops
     from keras_ov2.models import OpenVisionCLIPS
-    from keras_ov2.training.setup import load_captioner
+    from keras_ov2.training import load_captioner
 
     kind, keep, encoder, size = args.worker
     keep, size = float(keep), int(size)
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
     ov1_preset, ov2_preset = ENCODER_PRESETS[encoder]
     if kind == "ov1":
         model = OpenVisionCLIPS.from_preset(ov1_preset, load_weights=False)
-        x, y, lengths = ov1_batch(model, args.batch_size, size, rng)
+        batch = ov1_batch(model, args.batch_size, size)
         forward = flops.clips_flops(
             model.backbone.get_config(),
             model.text_encoder.get_config(),
             model.decoder.get_config(),
             size,
-            text_length=lengths[1],
+            text_length=model.preprocessor.sequence_length,
         )
     else:
         model = load_captioner(ov2_preset, keep_ratio=keep, seed=0)
-        x, y, lengths = ov2_batch(model, args.batch_size, size, rng)
+        length = model.preprocessor.sequence_length
+        batch = caption_batch(args.batch_size, size, length, model.decoder.vocabulary_size)
         forward = flops.captioner_flops(
             model.backbone.get_config(),
             model.decoder.get_config(),
             size,
             keep_ratio=keep,
-            sequence_length=lengths[0],
+            sequence_length=length,
         )
     model.compile(learning_rate=1e-4, total_steps=1000)
-    sample_weight = np.ones(y.shape, dtype="float32")
-    measured = measure_train_step(model, x, y, sample_weight, args.steps)
+    measured = measure_train_step(model, *batch, args.steps)
     return {
         **measured,
         "model": kind,
@@ -142,8 +137,6 @@ def run_worker(args):
         "encoder": encoder,
         "image_size": size,
         "train_gflop_per_image": flops.train_flops(forward["total"]) / 1e9,
-        "keras": keras.__version__,
-        "dtype": keras.config.dtype_policy().name,
     }
 
 
@@ -152,40 +145,33 @@ def label(r):
 
 
 def print_table(args, results):
-    print(
-        f"{'encoder':>7} {'px':>4} {'model':>14} {'step_ms':>8} {'min_ms':>7} {'img/s':>6} "
-        f"{'GFLOP/img':>9} {'XLA_GFLOP':>9} {'peak_MB':>8} {'temp_MB':>7} {'rss_MB':>7} "
-        f"{'time/OV1':>8} {'min/OV1':>7} {'flop/OV1':>8} {'mem/OV1':>7} {'temp/OV1':>8}"
-    )
-    summary = []
+    rows, summary = [], []
     for encoder in args.encoders:
         for size in args.image_sizes:
-            rows = [r for r in results if r["encoder"] == encoder and r["image_size"] == size]
-            base = next(r for r in rows if r["model"] == "ov1")
-            for r in rows:
-                rss = "n/a" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
-                xla = "n/a" if r["xla_gflop"] is None else f"{r['xla_gflop']:.0f}"
-                print(
-                    f"{encoder:>7} {size:>4} {label(r):>14} {r['step_s'] * 1e3:>8.0f} "
-                    f"{r['min_step_s'] * 1e3:>7.0f} {args.batch_size / r['step_s']:>6.1f} "
-                    f"{r['train_gflop_per_image']:>9.2f} {xla:>9} {r['peak_mb']:>8.0f} "
-                    f"{r['temp_mb']:>7.0f} {rss:>7} "
-                    f"{ratio(r['step_s'], base['step_s']):>8} "
-                    f"{ratio(r['min_step_s'], base['min_step_s']):>7} "
-                    f"{ratio(r['train_gflop_per_image'], base['train_gflop_per_image']):>8} "
-                    f"{ratio(r['peak_mb'], base['peak_mb']):>7} "
-                    f"{ratio(r['temp_mb'], base['temp_mb']):>8}"
-                )
+            configs = [r for r in results if r["encoder"] == encoder and r["image_size"] == size]
+            base = next(r for r in configs if r["model"] == "ov1")
+            for r in configs:
+                flop = r["train_gflop_per_image"]
+                rows.append({
+                    "encoder": encoder,
+                    "px": size,
+                    "model": label(r),
+                    "GFLOP/img": f"{flop:.2f}",
+                    **step_cells(r, args.batch_size),
+                    **ratio_cells(r, base, "OV1"),
+                    "flop/OV1": ratio(flop, base["train_gflop_per_image"]),
+                })
                 if r["model"] == "ov2" and r["keep_ratio"] == 0.35:
                     summary.append((encoder, size, r, base))
+    print_columns(rows)
     print()
     print("OV2 (keep 0.35) / OV1 at the same encoder: measured here vs the paper")
     for encoder, size, r, base in summary:
+        versus = ratio_cells(r, base, "OV1")
         print(
-            f"  {encoder} @{size}px: time {ratio(r['step_s'], base['step_s'])} "
-            f"(fastest step {ratio(r['min_step_s'], base['min_step_s'])}), "
-            f"memory {ratio(r['peak_mb'], base['peak_mb'])} "
-            f"(activations {ratio(r['temp_mb'], base['temp_mb'])}), "
+            f"  {encoder} @{size}px: time {versus['step/OV1']} "
+            f"(fastest step {versus['min/OV1']}), memory {versus['peak/OV1']} "
+            f"(activations {versus['temp/OV1']}), "
             f"FLOPs {ratio(r['train_gflop_per_image'], base['train_gflop_per_image'])}"
         )
     for what, kind, value in PAPER_RATIOS:
@@ -199,23 +185,19 @@ def main(argv=None):
         print_result(run_worker(args))
         return
     started = time.perf_counter()
-    print(f"machine:  {machine()}")
-    print("note:     wall-clock timings; other load on the machine shows up in them")
-    results = []
+    workers = []
     for encoder in args.encoders:
         for size in args.image_sizes:
-            configs = [("ov1", 0.0)] + [("ov2", k) for k in OV2_KEEP_RATIOS]
-            for kind, keep in configs:
+            for kind, keep in [("ov1", 0.0)] + [("ov2", k) for k in OV2_KEEP_RATIOS]:
                 name = f"{encoder} @{size}px {kind}" + (f" keep {keep}" if kind == "ov2" else "")
-                print(f"running {name} ...", flush=True)
-                worker = ["--worker", kind, str(keep), encoder, str(size)]
-                results.append(run_in_subprocess(__file__, [*argv, *worker], name))
-    first = results[0]
-    print(f"backend:  jax {first['jax']}, keras {first['keras']}, dtype {first['dtype']}")
+                workers.append((name, ["--worker", kind, str(keep), encoder, str(size)]))
+    results = run_workers(__file__, argv, workers)
+    print(f"backend:  {backend_line(results[0])}")
     print(f"input:    batch {args.batch_size}; median of {args.steps} steps after 1 warmup step")
     print()
     print_table(args, results)
     print(f"total wall time {time.perf_counter() - started:.0f} s")
+    write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_measure import machine  # noqa: E402
+from step_measure import machine
 
 BACKENDS = ("jax", "tensorflow", "torch")
 RATE = re.compile(r"step \d+/\d+: loss [\d.]+, (\d+) images/s")

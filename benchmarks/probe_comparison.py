@@ -23,10 +23,11 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
+
+from step_measure import machine
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -61,9 +62,9 @@ def say(*parts):
 
 
 def train_ov2(args, keep_ratio, folder):
-    from keras_ov2.training.pretrain import Stage
-    from keras_ov2.training.pretrain import pretrain
-    from keras_ov2.training.setup import load_captioner
+    from keras_ov2.training import Stage
+    from keras_ov2.training import load_captioner
+    from keras_ov2.training import pretrain
 
     result = pretrain(OV2_PRESET, stages=(Stage(IMAGE_SIZE, args.steps, args.batch_size),),
                       keep_ratio=keep_ratio, output_dir=folder, seed=args.seed,
@@ -81,9 +82,9 @@ def train_ov1(args):
     import keras
 
     from keras_ov2.data import SyntheticScenes
-    from keras_ov2.data.pipeline import make_pretraining_dataset
+    from keras_ov2.data import make_pretraining_dataset
     from keras_ov2.models import OpenVisionCLIPS
-    from keras_ov2.training.pretrain import Progress
+    from keras_ov2.training import Progress
 
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -109,22 +110,9 @@ def random_encoder(seed):
     import keras
 
     from keras_ov2 import OpenVision2Backbone
-    from keras_ov2.models import presets
 
     keras.utils.set_random_seed(seed)
-    folder = presets.resolve(OV2_PRESET, load_weights=False)
-    return OpenVision2Backbone.from_preset(folder, load_weights=False)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return OpenVision2Backbone.from_preset(OV2_PRESET, load_weights=False)
 
 
 def format_table(rows):
@@ -152,7 +140,7 @@ def main(argv=None):
     from keras_ov2.evaluation import synthetic_eval_set
 
     started = time.perf_counter()
-    say(f"machine: {cpu_name()}, {os.cpu_count()} cores; "
+    say(f"machine: {machine()}; "
         f"keras {keras.__version__}, backend {keras.backend.backend()}")
     say(f"setup: {args.steps} steps of {args.batch_size} per model at {IMAGE_SIZE} px, "
         f"seed {args.seed}; probes on {args.train} train / {args.test} test scenes")

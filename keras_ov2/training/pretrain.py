@@ -17,10 +17,8 @@ from keras_ov2.data.decode import decode_caption
 from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
 from keras_ov2.training.report import HELD_OUT_SIZE
 from keras_ov2.training.report import HeldOutReport
-from keras_ov2.training.report import tidy  # noqa: F401 (the guides import it from here)
 from keras_ov2.training.report import write_log
 from keras_ov2.training.resume import RunCheckpoints
-from keras_ov2.training.setup import load_captioner  # noqa: F401 (benchmarks import it from here)
 from keras_ov2.training.setup import setup_training
 
 DEFAULT_PRESET = "openvision2_captioner_tiny_patch14_84"
