@@ -15,13 +15,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_ov2"
 # Lower numbers sit lower: a module may import only from strictly lower
 # levels (or from its own subpackage), so no circle can form between them.
 LEVELS = {
-    "version": 0, "variants": 0, "lazy_exports": 0, "flops": 0,
-    "layers": 1, "data": 1,
-    "models": 2,
-    "distribution": 3, "evaluation": 3, "convert": 3,
-    "training": 4,
-    "cli": 5,
-    "__init__": 6,  # the public facade: `keras_ov2.<Name>`
+    "version": 0, "lazy_exports": 0, "variants": 0,
+    "flops": 1,
+    "preset_table": 2,
+    "preset_generation": 3, "layers": 3, "data": 3,
+    "models": 4,
+    "distribution": 5, "evaluation": 5, "convert": 5,
+    "training": 6,
+    "cli": 7,
+    "__init__": 8,  # the public facade: `keras_ov2.<Name>`
 }
 
 

@@ -21,6 +21,7 @@ from keras import ops
 from keras_ov2 import OpenVision2Backbone
 from keras_ov2 import OpenVision2ImageConverter
 from keras_ov2 import cli
+from keras_ov2.cli.common import read_image
 from keras_ov2.convert import CheckpointError
 from keras_ov2.convert import open_clip as open_clip_convert
 from keras_ov2.convert.hub import HubUnavailableError
@@ -291,7 +292,7 @@ def test_embed_by_name_and_by_handle_agree_and_need_no_image_size(online, image_
     np.testing.assert_array_equal(np.load(by_name), np.load(by_handle))
     model = OpenVision2Backbone.from_preset(TI16)
     converter = OpenVision2ImageConverter(image_size=(160, 160))
-    x = np.asarray(converter(cli.read_image(image_file)))[None]
+    x = np.asarray(converter(read_image(image_file)))[None]
     np.testing.assert_allclose(np.load(by_name), model.predict(x, verbose=0)["sequence_output"],
                                atol=1e-5)
 

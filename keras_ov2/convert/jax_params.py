@@ -14,11 +14,11 @@ dependency; `read_params` says how to turn one into an `.npz`.
 from pathlib import Path
 from typing import NamedTuple
 
+from keras_ov2 import variants
 from keras_ov2.convert import reading
 from keras_ov2.convert.checkpoint import Checkpoint
 from keras_ov2.convert.checkpoint import CheckpointError
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
-from keras_ov2.models.openvision2.openvision2_text_decoder import DECODER_VARIANTS
 from keras_ov2.models.openvision2.openvision2_text_decoder import OpenVision2TextDecoder
 
 ENCODER_PREFIXES = ("img_encoder/", "img/")
@@ -29,9 +29,8 @@ NOT_LOADED = {
     "txt/": "OpenVision v1 text encoder",
     "t": "OpenVision v1 temperature",
 }
-# Heads of the authors' ViT variants (Ti, S, B, L, So400m, H, g) by width.
-VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16}
-DECODER_HEADS = {width: heads for width, _, _, heads in DECODER_VARIANTS.values()}
+VIT_HEADS = variants.heads_by_width(variants.ENCODERS)
+DECODER_HEADS = variants.heads_by_width(variants.DECODERS)
 ORBAX_HINT = (
     "It looks like an Orbax checkpoint directory; keras_ov2 reads JAX "
     "parameters from a flat .npz (orbax-checkpoint is not a dependency). In a "

@@ -21,7 +21,8 @@ from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.preset_utils import load_json
 from keras_hub.src.utils.preset_utils import register_presets
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+from keras_ov2.preset_table import PRESETS_DIR
+
 WEIGHT_FILES = ("model.weights.h5", "model.weights.json")
 HUB_SCHEME = "hf://"
 CONVERTERS = "keras_ov2.converters"  # entry-point group: source -> folder, or None

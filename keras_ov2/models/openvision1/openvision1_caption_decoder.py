@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
+from keras_ov2 import variants
 from keras_ov2.models.openvision2.openvision2_text_decoder import decoder_attention_mask
 from keras_ov2.models.common.text_transformer import text_transformer_layers
-from keras_ov2.models.common.text_transformer import text_variant
 
 
 def query_attention_mask(num_prefix, num_queries):
@@ -37,6 +37,31 @@ class OpenVision1CaptionDecoder(keras.layers.Layer):
             `from_variant`).
         num_queries: int, learned query tokens = caption positions (128).
         layer_norm_epsilon: float.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    # Encoder patch tokens (a 6 x 6 grid of width 192) and the text
+    # encoder's token features of the web caption (79 positions of 192).
+    image_tokens = np.random.normal(size=(2, 36, 192)).astype("float32")
+    text_tokens = np.random.normal(size=(2, 79, 192)).astype("float32")
+
+    decoder = keras_ov2.OpenVision1CaptionDecoder.from_variant("Ti")
+    decoder(image_tokens, text_tokens)  # (2, 128, 32000) logits
+
+    # A custom config: 16 queries predict a 16-position caption.
+    decoder = keras_ov2.OpenVision1CaptionDecoder(
+        vocabulary_size=32000,
+        hidden_dim=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=256,
+        num_queries=16,
+    )
+    decoder(image_tokens, text_tokens)  # (2, 16, 32000)
+    ```
     """
 
     def __init__(
@@ -80,7 +105,7 @@ class OpenVision1CaptionDecoder(keras.layers.Layer):
     @classmethod
     def from_variant(cls, variant, vocabulary_size=32000, **kwargs):
         """Builds one of the authors' sizes: Ti, S, B, L, So400m, H, g."""
-        width, depth, mlp, heads = text_variant(variant)
+        width, depth, mlp, heads = variants.lookup(variants.TEXT, variant, "text")
         return cls(vocabulary_size, width, depth, heads, mlp, **kwargs)
 
     def build(self, image_tokens_shape, text_tokens_shape):

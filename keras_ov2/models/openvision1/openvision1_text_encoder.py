@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
+from keras_ov2 import variants
 from keras_ov2.models.common.text_transformer import text_transformer_layers
-from keras_ov2.models.common.text_transformer import text_variant
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
@@ -28,6 +28,34 @@ class OpenVision1TextEncoder(keras.layers.Layer):
         projection_dim: int, the embedding width shared with the image head.
         max_sequence_length: int, rows of the position table (80).
         layer_norm_epsilon: float.
+
+    Example:
+    ```python
+    import keras_ov2
+
+    preprocessor = keras_ov2.OpenVision1Preprocessor(keras_ov2.OpenVision2Tokenizer())
+    token_ids = preprocessor.tokenize_texts(["red circle", "blue square"])  # (2, 80)
+
+    # The authors' Ti text tower, embedding into 384 dimensions.
+    text_encoder = keras_ov2.OpenVision1TextEncoder.from_variant(
+        "Ti", projection_dim=384
+    )
+    outputs = text_encoder(token_ids)
+    outputs["sequence_output"]  # (2, 79, 192)
+    outputs["pooled_output"]  # (2, 192)
+    outputs["projected_output"]  # (2, 384)
+
+    # A custom config.
+    text_encoder = keras_ov2.OpenVision1TextEncoder(
+        vocabulary_size=32000,
+        hidden_dim=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=256,
+        projection_dim=32,
+    )
+    text_encoder(token_ids)["projected_output"]  # (2, 32)
+    ```
     """
 
     def __init__(
@@ -80,7 +108,7 @@ class OpenVision1TextEncoder(keras.layers.Layer):
     @classmethod
     def from_variant(cls, variant, projection_dim, vocabulary_size=32000, **kwargs):
         """Builds one of the authors' sizes: Ti, S, B, L, So400m, H."""
-        width, depth, mlp, heads = text_variant(variant)
+        width, depth, mlp, heads = variants.lookup(variants.TEXT, variant, "text")
         return cls(vocabulary_size, width, depth, heads, mlp, projection_dim, **kwargs)
 
     def build(self, token_ids_shape=None):

@@ -3,19 +3,10 @@
 import keras
 from keras import ops
 
+from keras_ov2 import variants
 from keras_ov2.models.common import layouts
 from keras_ov2.models.common.text_transformer import text_transformer_layers
 
-# (width, depth, MLP width, heads) of the authors' `text_decoder_v2` variants.
-DECODER_VARIANTS = {
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "M": (512, 12, 2048, 8),
-    "B": (512, 12, 2048, 8),
-    "L": (768, 12, 3072, 12),
-    "H": (1024, 24, 4096, 16),
-    "G": (1664, 48, 8192, 16),
-}
 ATTENTION_MASKS = ("causal", "prefix")
 
 
@@ -48,7 +39,7 @@ class OpenVision2TextDecoder(keras.layers.Layer):
     Args:
         vocabulary_size: int, rows of the embedding and the head (32000).
         hidden_dim, num_layers, num_heads, intermediate_dim: the decoder size
-            (see `DECODER_VARIANTS` and `from_variant`).
+            (see `keras_ov2.variants.DECODERS` and `from_variant`).
         attention_mask: `"causal"` (default) or `"prefix"`.
         layer_norm_epsilon: float.
     """
@@ -113,12 +104,7 @@ class OpenVision2TextDecoder(keras.layers.Layer):
     @classmethod
     def from_variant(cls, variant, vocabulary_size=32000, **kwargs):
         """Builds one of the authors' decoder sizes: Ti, S, M/B, L, H, G."""
-        if variant not in DECODER_VARIANTS:
-            raise ValueError(
-                f"Unknown decoder variant {variant!r}; expected one of "
-                f"{sorted(DECODER_VARIANTS)}."
-            )
-        width, depth, mlp, heads = DECODER_VARIANTS[variant]
+        width, depth, mlp, heads = variants.lookup(variants.DECODERS, variant, "decoder")
         return cls(vocabulary_size, width, depth, heads, mlp, **kwargs)
 
     @staticmethod
