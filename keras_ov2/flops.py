@@ -71,6 +71,18 @@ def encoder_flops(
     return flops
 
 
+def encoder_flops_from_config(config, image_size):
+    """`encoder_flops` of an `OpenVision2Backbone.get_config()` dict."""
+    return encoder_flops(
+        image_size,
+        config["patch_size"],
+        config["hidden_dim"],
+        config["num_layers"],
+        config["intermediate_dim"],
+        config.get("projection_dim"),
+    )
+
+
 def kept_tokens(patches, keep_ratio):
     """K = int(N * keep_ratio), as `VisualTokenMasking` keeps in training."""
     return int(patches * keep_ratio)
@@ -111,13 +123,7 @@ def captioner_flops(encoder, decoder, image_size, keep_ratio=0.35, sequence_leng
             `sequence_length - 1` positions (inputs 0..T-2, targets 1..T-1).
     """
     patches = num_patches(image_size, encoder["patch_size"])
-    enc = encoder_flops(
-        image_size,
-        encoder["patch_size"],
-        encoder["hidden_dim"],
-        encoder["num_layers"],
-        encoder["intermediate_dim"],
-    )
+    enc = encoder_flops_from_config(encoder, image_size)
     dec = caption_decoder_flops(
         kept_tokens(patches, keep_ratio),
         encoder["hidden_dim"],
@@ -168,14 +174,7 @@ def clips_flops(
     """
     patches = num_patches(image_size, encoder["patch_size"])
     projection = encoder["projection_dim"]
-    enc = encoder_flops(
-        image_size,
-        encoder["patch_size"],
-        encoder["hidden_dim"],
-        encoder["num_layers"],
-        encoder["intermediate_dim"],
-        projection,
-    )
+    enc = encoder_flops_from_config(encoder, image_size)
     text = num_texts * text_encoder_flops(
         text_length,
         text_encoder["hidden_dim"],
@@ -196,18 +195,6 @@ def clips_flops(
         contrastive = num_texts * dense_flops(1, projection, contrastive_batch)
     parts = {"encoder": enc, "text_encoder": text, "decoder": dec, "contrastive": contrastive}
     return {**parts, "total": sum(parts.values())}
-
-
-def encoder_flops_from_config(config, image_size):
-    """`encoder_flops` of an `OpenVision2Backbone.get_config()` dict."""
-    return encoder_flops(
-        image_size,
-        config["patch_size"],
-        config["hidden_dim"],
-        config["num_layers"],
-        config["intermediate_dim"],
-        config.get("projection_dim"),
-    )
 
 
 def train_flops(forward_flops):
