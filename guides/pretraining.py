@@ -57,8 +57,8 @@ from keras_ov2.data import SyntheticScenes
 from keras_ov2.data import build_array_record
 from keras_ov2.data import open_source
 from keras_ov2.data import make_pretraining_dataset
-from keras_ov2.training.pretrain import Stage
-from keras_ov2.training.pretrain import pretrain
+from keras_ov2.training import Stage
+from keras_ov2.training import pretrain
 
 SMALL = os.environ.get("KERAS_OV2_GUIDE_SMALL") == "1"
 print("Keras", keras.__version__, "on", keras.backend.backend(), "| small settings:", SMALL)

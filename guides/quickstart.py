@@ -57,9 +57,9 @@ from PIL import Image
 
 import keras_ov2
 from keras_ov2.data import SyntheticScenes
-from keras_ov2.training.pretrain import Stage
-from keras_ov2.training.pretrain import pretrain
-from keras_ov2.training.pretrain import tidy
+from keras_ov2.training import Stage
+from keras_ov2.training import pretrain
+from keras_ov2.training import tidy
 
 SMALL = os.environ.get("KERAS_OV2_GUIDE_SMALL") == "1"
 print("Keras", keras.__version__, "on", keras.backend.backend(), "| small settings:", SMALL)

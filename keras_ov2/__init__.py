@@ -5,9 +5,14 @@ Example:
 ```python
 import keras_ov2
 
+# images: (B, H, W, 3) RGB, uint8 or 0-255 floats.
 encoder = keras_ov2.OpenVision2Backbone.from_preset("openvision2_vit_large_patch14_224")
-features = encoder.predict(images)["pooled_output"]  # images: (B, 224, 224, 3) in [0, 1]
+converter = keras_ov2.OpenVision2ImageConverter(image_size=(224, 224))
+features = encoder.predict(converter(images))["pooled_output"]  # (B, 1024)
 ```
+
+The converter resizes and normalises with the ImageNet mean/std, which is
+what the backbone takes (it refuses integer images).
 
 The names below load on first use: `import keras_ov2` alone loads no Keras
 backend and no TensorFlow.

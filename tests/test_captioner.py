@@ -12,7 +12,7 @@ import keras_ov2
 from keras_ov2.data import SyntheticScenes
 from keras_ov2.layers.patch_embedding import PatchEmbedding
 from keras_ov2.models import CaptionLoss
-from keras_ov2.models.openvision2.openvision2_text_decoder import decoder_attention_mask
+from keras_ov2.models.common.text_transformer import decoder_attention_mask
 
 SEQUENCE = 16
 SIZE = 64

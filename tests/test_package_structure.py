@@ -148,3 +148,12 @@ def test_ov2_help_loads_no_keras_and_prints_no_logs():
     done = run_python(code)
     assert done.stdout.strip().endswith("loaded []")
     assert done.stderr == ""
+
+
+def test_openvision2_never_imports_openvision1():
+    """v1 is the baseline built on v2's parts (its preprocessor extends the
+    captioner's); OpenVision 2 itself needs nothing of v1."""
+    crossing = [f"{path.name} imports {m}"
+                for path in sorted((PACKAGE / "models" / "openvision2").glob("*.py"))
+                for m in imports_of(path) if m.startswith("keras_ov2.models.openvision1")]
+    assert not crossing

@@ -15,6 +15,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     With `cache` (B, 2, S, heads, head_dim), the new keys and values are written
     at `cache_update_index` and attention runs over the whole cache; the
     updated cache is returned with the output. The caller masks unwritten slots.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    tokens = np.random.normal(size=(2, 37, 192)).astype("float32")
+    attention = keras_ov2.layers.MultiHeadSelfAttention(num_heads=3)
+    attention(tokens)  # (2, 37, 192)
+    ```
     """
 
     def __init__(

@@ -10,6 +10,15 @@ class ClassToken(keras.layers.Layer):
 
     The CLS token takes part in attention but is never pooled; it gets no
     position embedding (the zero row of the authors' table).
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    grid = np.zeros((2, 6, 6, 192), dtype="float32")
+    keras_ov2.layers.ClassToken()(grid)  # (2, 37, 192), CLS first
+    ```
     """
 
     def build(self, input_shape):

@@ -40,6 +40,15 @@ class ImageNormalization(keras.layers.Layer):
     The arithmetic runs in float32 whatever the inputs and the policy, and
     only the result is cast to the compute dtype (autocast is off, so a
     bfloat16 policy does not round the pixels before the subtraction).
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    images = np.random.randint(0, 256, size=(2, 84, 84, 3), dtype="uint8")
+    keras_ov2.layers.ImageNormalization()(images)  # (2, 84, 84, 3), normalised
+    ```
     """
 
     def __init__(self, **kwargs):

@@ -11,6 +11,19 @@ class ParallelPredictionMasking(keras.layers.Layer):
     row must predict every caption token from the image alone). Returns the
     new token ids and the (B,) bool flags; the decoder drops the causal mask
     on flagged rows. At inference nothing changes and the flags are False.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    token_ids = np.random.randint(1000, 2000, size=(4, 16)).astype("int32")
+    masking = keras_ov2.layers.ParallelPredictionMasking(
+        fraction=0.25, mask_token_id=103, seed=0
+    )
+    token_ids, parallel = masking(token_ids, training=True)
+    parallel  # (4,) bool: the rows whose inputs became all 103 ([MASK])
+    ```
     """
 
     def __init__(self, fraction, mask_token_id, seed=None, **kwargs):

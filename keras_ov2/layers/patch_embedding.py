@@ -14,6 +14,16 @@ class PatchEmbedding(keras.layers.Layer):
     The convolution runs in the weights' dtype, float32 under
     "mixed_bfloat16" as the authors keep it; only its output is cast to the
     compute dtype.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    images = np.random.normal(size=(2, 84, 84, 3)).astype("float32")
+    patch_embedding = keras_ov2.layers.PatchEmbedding(hidden_dim=192, patch_size=14)
+    patch_embedding(images)  # (2, 6, 6, 192)
+    ```
     """
 
     def __init__(self, hidden_dim, patch_size, **kwargs):

@@ -37,6 +37,16 @@ class SinCos2DPositionEmbedding(keras.layers.Layer):
 
     It has no weights, so one set of encoder weights runs at any resolution
     (84, 224, 336, ... px) without interpolation.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    grid = np.zeros((2, 6, 6, 192), dtype="float32")  # e.g. `PatchEmbedding`'s output
+    keras_ov2.layers.SinCos2DPositionEmbedding()(grid)  # (2, 6, 6, 192)
+    keras_ov2.layers.sincos_2d_table(6, 6, 192)  # (36, 192), the table it adds
+    ```
     """
 
     def call(self, patch_grid):

@@ -12,6 +12,16 @@ class TransformerBlock(keras.layers.Layer):
     `activation` is `"gelu"` (exact, the vision encoder) or
     `"gelu_approximate"` (tanh, the text decoders). No dropout, no
     layer-scale: the authors' blocks have neither.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    tokens = np.random.normal(size=(2, 37, 192)).astype("float32")
+    block = keras_ov2.layers.TransformerBlock(num_heads=3, intermediate_dim=768)
+    block(tokens)  # (2, 37, 192)
+    ```
     """
 
     def __init__(

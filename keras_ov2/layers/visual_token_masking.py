@@ -14,6 +14,17 @@ class VisualTokenMasking(keras.layers.Layer):
     `keep_ratio=1.0`, the tokens pass through unchanged. Randomness comes
     from a `keras.random.SeedGenerator`, so a fixed `seed` reproduces the
     subsets and each step draws new ones, under `jit` on every backend.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    tokens = np.random.normal(size=(2, 36, 192)).astype("float32")
+    masking = keras_ov2.layers.VisualTokenMasking(keep_ratio=0.35, seed=0)
+    masking(tokens, training=True)  # (2, 12, 192): int(36 * 0.35) per sample
+    masking(tokens)  # (2, 36, 192): inference keeps every token
+    ```
     """
 
     def __init__(self, keep_ratio=0.35, seed=None, **kwargs):

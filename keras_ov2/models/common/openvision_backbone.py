@@ -43,6 +43,37 @@ class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
         projection_dim: int or None, width of the OpenVision v1 head.
         layer_norm_epsilon: float.
         image_shape: (height, width, 3); `None` sides accept any size.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    # RGB images, uint8 or 0-255 floats; the converter resizes and normalises.
+    images = np.random.randint(0, 256, size=(2, 224, 224, 3), dtype="uint8")
+    converter = keras_ov2.OpenVision2ImageConverter(image_size=(224, 224))
+
+    # A released OpenVision 2 encoder (converted from the authors' weights
+    # on first use, then cached).
+    encoder = keras_ov2.OpenVision2Backbone.from_preset(
+        "openvision2_vit_large_patch14_224"
+    )
+    outputs = encoder(converter(images))
+    outputs["sequence_output"]  # (2, 256, 1024): 16 x 16 patch tokens
+    outputs["pooled_output"]  # (2, 1024)
+
+    # A randomly initialised encoder with a custom config.
+    encoder = keras_ov2.OpenVision2Backbone(
+        patch_size=14,
+        hidden_dim=192,
+        num_layers=2,
+        num_heads=3,
+        intermediate_dim=768,
+        projection_dim=128,  # the OpenVision v1 head
+    )
+    outputs = encoder(converter(images))
+    outputs["projected_output"]  # (2, 128)
+    ```
     """
 
     def __init__(

@@ -86,6 +86,24 @@ class OpenVision2ImageConverter(keras_hub.layers.ImageConverter):
         interpolation: resize method, "bilinear" as in the released configs.
         antialias: bool, antialias when downsampling (PIL/open_clip do).
         crop_to_aspect_ratio: bool, False is open_clip's "squash".
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    images = np.random.randint(0, 256, size=(2, 300, 400, 3), dtype="uint8")
+    converter = keras_ov2.OpenVision2ImageConverter(image_size=(224, 224))
+
+    # Float32, ImageNet-normalised: what `OpenVision2Backbone` takes.
+    converter(images)  # (2, 224, 224, 3)
+
+    # Resized uint8, for pipelines that normalise on the device.
+    converter(images, normalize=False)  # (2, 224, 224, 3)
+
+    # One image in, one image out.
+    converter(images[0])  # (224, 224, 3)
+    ```
     """
 
     backbone_cls = OpenVision2Backbone

@@ -33,6 +33,22 @@ class OpenVision2Tokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         vocabulary: list of tokens or path to a vocabulary file; None (default)
             uses the vocabulary shipped with keras_ov2.
         **kwargs: passed to `keras_hub.tokenizers.WordPieceTokenizer`.
+
+    Example:
+    ```python
+    import keras_ov2
+
+    tokenizer = keras_ov2.OpenVision2Tokenizer()
+
+    # Strings -> word-piece ids (a list of ids per string for a batch).
+    ids = tokenizer("A red circle, left of a blue square")
+    tokenizer.detokenize(ids)  # "a red circle , left of a blue square"
+    tokenizer(["red circle", "blue square"])
+
+    # The special tokens of the captions' packed sequences.
+    tokenizer.start_token_id, tokenizer.end_token_id  # 1 ([bos]), 2 ([eos])
+    tokenizer.pad_token_id, tokenizer.cls_token_id  # 0 ([PAD]), 101 ([CLS])
+    ```
     """
 
     backbone_cls = OpenVision2Backbone

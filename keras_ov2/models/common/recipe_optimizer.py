@@ -1,7 +1,8 @@
-"""The authors' optimizer, shared by every pretraining task's `compile`."""
+"""The authors' optimizer and the `compile` every pretraining task shares."""
 
 import keras
 
+from keras_ov2.models.common.caption_loss import CaptionLoss
 from keras_ov2.models.common.dense_gradients import DenseGradientAdamW
 from keras_ov2.models.common.per_update_schedule import PerUpdateSchedule
 
@@ -56,3 +57,51 @@ def recipe_optimizer(
         ]
     )
     return optimizer
+
+
+class RecipeCompile:
+    """Mixed into keras_ov2's pretraining tasks, before KerasHub's class:
+    `compile()` defaults to the authors' recipe. A task says which loss the
+    recipe uses by overriding `recipe_loss`."""
+
+    def recipe_loss(self):
+        """The loss `compile(loss="auto")` uses: the caption loss (weight 2)."""
+        return CaptionLoss()
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        learning_rate=1e-3,
+        total_steps=10_000,
+        warmup_steps=None,
+        weight_decay=0.2,
+        gradient_accumulation_steps=None,
+        **kwargs,
+    ):
+        """Defaults to the authors' recipe: AdamW (0.9, 0.95, eps 1e-8),
+        decoupled weight decay (multiplied by the learning rate) on kernels
+        only, linear warmup (`warmup_steps`, default `default_warmup_steps`)
+        then cosine decay to 0 over `total_steps`, no gradient clipping (see
+        `recipe_optimizer`), and the task's `recipe_loss`. Calling it again
+        restarts the optimizer and the schedule.
+
+        `gradient_accumulation_steps` N (>= 2): each update averages the
+        gradients of N batches, close to one N-times larger batch in the
+        memory of one. `total_steps` and `warmup_steps` count updates (fit
+        N times as many batches). Other keyword arguments go to KerasHub's
+        `compile`.
+        """
+        if optimizer == "auto":
+            optimizer = recipe_optimizer(
+                self,
+                learning_rate,
+                total_steps,
+                warmup_steps,
+                weight_decay,
+                gradient_accumulation_steps,
+            )
+        if loss == "auto":
+            loss = self.recipe_loss()
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)

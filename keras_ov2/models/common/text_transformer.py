@@ -1,8 +1,29 @@
-"""The authors' text-transformer blocks, shared by every text tower."""
+"""The authors' text-transformer blocks and decoder attention masks, shared
+by every text tower."""
 
 import keras
+from keras import ops
 
 from keras_ov2.layers import TransformerBlock
+
+
+ATTENTION_MASKS = ("causal", "prefix")
+
+
+def decoder_attention_mask(num_visual, query_start, num_queries, num_keys, mode):
+    """(num_queries, num_keys) bool: which key each query position may see.
+
+    Positions count over the whole [visual; text] sequence. `"causal"` lets
+    position p see keys 0..p (the authors' published code path). `"prefix"`
+    also lets every visual position see all visual tokens (a prefix LM).
+    Text positions see all earlier positions in both modes.
+    """
+    queries = query_start + ops.arange(num_queries)[:, None]
+    keys = ops.arange(num_keys)[None, :]
+    visible = keys <= queries
+    if mode == "prefix":
+        visible = visible | ((queries < num_visual) & (keys < num_visual))
+    return visible
 
 
 def text_transformer_layers(

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_ov2 import variants
-from keras_ov2.models.openvision2.openvision2_text_decoder import decoder_attention_mask
+from keras_ov2.models.common.text_transformer import decoder_attention_mask
 from keras_ov2.models.common.text_transformer import text_transformer_layers
 
 

@@ -15,11 +15,11 @@ from keras_ov2.models.openvision1.contrastive_loss import dual_contrastive_loss
 from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
 from keras_ov2.models.openvision1.openvision1_preprocessor import OpenVision1Preprocessor
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
-from keras_ov2.models.common.recipe_optimizer import recipe_optimizer
+from keras_ov2.models.common.recipe_optimizer import RecipeCompile
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVisionCLIPS(PresetLoading, keras_hub.models.Task):
+class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
     """Pretrains an `OpenVision2Backbone` (with its v1 `projection_dim` head)
     the OpenVision v1 way, CLIPS-style.
 
@@ -48,6 +48,37 @@ class OpenVisionCLIPS(PresetLoading, keras_hub.models.Task):
         decoder: an `OpenVision1CaptionDecoder`.
         preprocessor: an `OpenVision1Preprocessor` or None.
         clip_loss_weight, caption_loss_weight: floats (1 and 2).
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+    from keras_ov2.data import SyntheticScenes
+    from keras_ov2.data import make_pretraining_dataset
+
+    # The demo-sized OpenVision v1 model, randomly initialised.
+    clips = keras_ov2.OpenVisionCLIPS.from_preset(
+        "openvision_clips_tiny_patch14_84", load_weights=False
+    )
+
+    # Batches of (uint8 images, (web captions, detailed captions)).
+    source = SyntheticScenes(256, image_size=84)
+    train = make_pretraining_dataset(
+        source,
+        84,
+        batch_size=8,
+        caption_field=("short_caption", "caption"),
+        augment_images=False,
+    )
+    clips.compile(learning_rate=1e-3, total_steps=10)
+    clips.fit(train, steps_per_epoch=10, epochs=1)
+
+    # Retrieval and zero-shot classification by cosine similarity.
+    images = np.stack([source[i]["image"] for i in range(2)])
+    clips.similarity(images, ["red circle", "blue square"])  # (2, 2)
+    clips.encode_images(images)  # (2, 128), L2-normalised
+    clips.backbone  # the pretrained OpenVision2Backbone
+    ```
     """
 
     backbone_cls = OpenVision2Backbone
@@ -119,33 +150,12 @@ class OpenVisionCLIPS(PresetLoading, keras_hub.models.Task):
         check_uint8_images(inputs["images"], "OpenVisionCLIPS")
         return super().call(inputs, training=training, mask=mask)
 
-    def compile(
-        self,
-        optimizer="auto",
-        loss="auto",
-        *,
-        learning_rate=1e-3,
-        total_steps=10_000,
-        warmup_steps=None,
-        weight_decay=0.2,
-        gradient_accumulation_steps=None,
-        **kwargs,
-    ):
-        """Defaults to the authors' recipe (see `recipe_optimizer`: AdamW
-        0.9/0.95, decay 0.2 on kernels only, warmup + cosine) and the
-        caption loss; the contrastive part is added in `compute_loss`."""
-        if optimizer == "auto":
-            optimizer = recipe_optimizer(
-                self,
-                learning_rate,
-                total_steps,
-                warmup_steps,
-                weight_decay,
-                gradient_accumulation_steps,
-            )
-        if loss == "auto":
-            loss = CaptionLoss(weight=self.caption_loss_weight)
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+    def recipe_loss(self):
+        """The loss `compile` defaults to (the authors' recipe, see
+        `RecipeCompile.compile`): the caption loss, weighted by
+        `caption_loss_weight`; the contrastive part is added in
+        `compute_loss`."""
+        return CaptionLoss(weight=self.caption_loss_weight)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         caption = super().compute_loss(

@@ -55,6 +55,33 @@ class OpenVision1Preprocessor(OpenVision2CaptionerPreprocessor):
         caption_length: int, the decoder's target length = its number of
             queries (128).
         seed: int or None, seeds the sentence draws.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    preprocessor = keras_ov2.OpenVision1Preprocessor(
+        tokenizer=keras_ov2.OpenVision2Tokenizer(),
+        image_converter=keras_ov2.OpenVision2ImageConverter(image_size=(84, 84)),
+        seed=0,
+    )
+    images = np.random.randint(0, 256, size=(2, 96, 96, 3), dtype="uint8")
+    web_captions = ["red circle", "blue square and green cross"]
+    captions = [
+        "one shape: a small red circle.",
+        "two shapes: a large blue square and a small green cross. "
+        "the blue square is left of the green cross.",
+    ]
+    x, y, sample_weight = preprocessor(images, (web_captions, captions))
+    x["images"]  # (2, 84, 84, 3) uint8
+    x["web_token_ids"]  # (2, 80)
+    x["sentence_token_ids"]  # (2, 80): one sentence of each caption
+    y, sample_weight  # (2, 128) each: the whole detailed caption
+
+    # Texts for `OpenVisionCLIPS.encode_texts`-style use.
+    preprocessor.tokenize_texts(["red circle"])  # (1, 80)
+    ```
     """
 
     def __init__(

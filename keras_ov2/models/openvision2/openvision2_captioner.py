@@ -12,13 +12,12 @@ from keras_ov2.layers import VisualTokenMasking
 from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models.presets import PresetLoading
 from keras_ov2.models.common import layouts
-from keras_ov2.models.common.caption_loss import CaptionLoss
 from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
 from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import (
     OpenVision2CaptionerPreprocessor,
 )
-from keras_ov2.models.common.recipe_optimizer import recipe_optimizer
+from keras_ov2.models.common.recipe_optimizer import RecipeCompile
 
 BERT_MASK_ID = 103
 
@@ -41,7 +40,7 @@ def score_pairs(num_images, num_texts, all_pairs):
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVision2Captioner(PresetLoading, keras_hub.models.CausalLM):
+class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.CausalLM):
     """Pretrains an `OpenVision2Backbone` by captioning alone.
 
     uint8 images -> ImageNet normalisation (on the device) -> encoder patch
@@ -59,6 +58,58 @@ class OpenVision2Captioner(PresetLoading, keras_hub.models.CausalLM):
             prediction (all-`[MASK]` inputs, no causal mask); 0 (off) by
             default.
         seed: seeds the token masking and the parallel-prediction draws.
+
+    Example:
+    ```python
+    import grain
+    import numpy as np
+    import keras_ov2
+
+    images = np.random.randint(0, 256, size=(4, 84, 84, 3), dtype="uint8")
+    captions = ["a red circle", "a blue square", "a green cross", "a red star"]
+
+    # The demo-sized captioner, randomly initialised (a preset is a config
+    # to pretrain from).
+    captioner = keras_ov2.OpenVision2Captioner.from_preset(
+        "openvision2_captioner_tiny_patch14_84", load_weights=False
+    )
+
+    # Pretrain on (uint8 images, captions) batches: the attached
+    # preprocessor resizes, tokenizes and packs them.
+    train = grain.MapDataset.source(list(zip(images, captions)))
+    train = train.shuffle(seed=0).repeat().batch(2)
+    captioner.compile(learning_rate=1e-3, total_steps=10)
+    captioner.fit(train, steps_per_epoch=10, epochs=1)
+
+    captioner.generate(images, max_length=16)  # one caption per image
+    captioner.score(images, captions)  # (4,) log-likelihoods
+    captioner.backbone  # the pretrained OpenVision2Backbone
+
+    # The same task from its parts, with a custom config.
+    captioner = keras_ov2.OpenVision2Captioner(
+        backbone=keras_ov2.OpenVision2Backbone(
+            patch_size=14,
+            hidden_dim=64,
+            num_layers=2,
+            num_heads=2,
+            intermediate_dim=256,
+        ),
+        decoder=keras_ov2.OpenVision2TextDecoder(
+            vocabulary_size=32000,
+            hidden_dim=64,
+            num_layers=2,
+            num_heads=2,
+            intermediate_dim=256,
+        ),
+        preprocessor=keras_ov2.OpenVision2CaptionerPreprocessor(
+            keras_ov2.OpenVision2Tokenizer(),
+            keras_ov2.OpenVision2ImageConverter(image_size=(84, 84)),
+            sequence_length=32,
+        ),
+        keep_ratio=0.35,
+        seed=0,
+    )
+    ```
     """
 
     backbone_cls = OpenVision2Backbone
@@ -126,49 +177,16 @@ class OpenVision2Captioner(PresetLoading, keras_hub.models.CausalLM):
         check_uint8_images(inputs["images"], "OpenVision2Captioner")
         return super().call(inputs, training=training, mask=mask)
 
-    def compile(
-        self,
-        optimizer="auto",
-        loss="auto",
-        *,
-        learning_rate=1e-3,
-        total_steps=10_000,
-        warmup_steps=None,
-        weight_decay=0.2,
-        gradient_accumulation_steps=None,
-        sampler="greedy",
-        **kwargs,
-    ):
-        """Defaults to the authors' recipe: AdamW (0.9, 0.95, eps 1e-8),
-        decoupled weight decay 0.2 (multiplied by the learning rate) on
-        kernels only, linear warmup then cosine decay to 0 over
-        `total_steps`, no gradient clipping, and the caption loss (weight 2).
-        Calling it again restarts the optimizer and the schedule, which is
-        how a new resolution stage starts (see `start_stage`).
-
-        `gradient_accumulation_steps` N (>= 2): each update averages the
-        gradients of N batches, close to one N-times larger batch in the
-        memory of one. `total_steps` and `warmup_steps` count updates (fit
-        N times as many batches).
+    def compile(self, optimizer="auto", loss="auto", *, sampler="greedy",
+                weighted_metrics=None, **recipe):
+        """The authors' recipe (see `RecipeCompile.compile`: AdamW, warmup +
+        cosine, the caption loss with weight 2). Calling it again restarts
+        the optimizer and the schedule, which is how a new resolution stage
+        starts (see `start_stage`). `sampler`: how `generate` picks tokens,
+        a `keras_hub.samplers` name or instance (greedy by default).
         """
-        if optimizer == "auto":
-            optimizer = recipe_optimizer(
-                self,
-                learning_rate,
-                total_steps,
-                warmup_steps,
-                weight_decay,
-                gradient_accumulation_steps,
-            )
-        if loss == "auto":
-            loss = CaptionLoss()
-        super().compile(
-            optimizer=optimizer,
-            loss=loss,
-            weighted_metrics=kwargs.pop("weighted_metrics", None),
-            sampler=sampler,
-            **kwargs,
-        )
+        super().compile(optimizer, loss, sampler=sampler,
+                        weighted_metrics=weighted_metrics, **recipe)
 
     def start_stage(self, image_size, total_steps, **compile_kwargs):
         """Starts a progressive-resolution stage (84 px, then 224 px, ...).

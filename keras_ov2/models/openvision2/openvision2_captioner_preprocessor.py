@@ -88,6 +88,33 @@ class OpenVision2CaptionerPreprocessor(keras_hub.models.Preprocessor):
             `normalize=False`.
         sequence_length: int, L, the packed length including `[CLS]`; the
             model sees L-1 positions. 128 as in the authors' recipe.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    preprocessor = keras_ov2.OpenVision2CaptionerPreprocessor(
+        tokenizer=keras_ov2.OpenVision2Tokenizer(),
+        image_converter=keras_ov2.OpenVision2ImageConverter(image_size=(84, 84)),
+        sequence_length=32,
+    )
+    images = np.random.randint(0, 256, size=(2, 100, 120, 3), dtype="uint8")
+    x, y, sample_weight = preprocessor(images, ["a red circle", "two blue squares"])
+    x["images"]  # (2, 84, 84, 3) uint8
+    x["token_ids"]  # (2, 31): [bos] a red circle [eos] [PAD]...
+    y  # (2, 31): a red circle [eos] [PAD]... [CLS]
+    sample_weight  # (2, 31): 1.0 on the word-pieces and [eos]
+
+    # Generation inputs, and the generated ids back to strings.
+    inputs = preprocessor.generate_preprocess(images)
+    preprocessor.generate_postprocess(inputs["token_ids"])  # ["", ""]
+
+    # The preprocessor of a captioner preset.
+    preprocessor = keras_ov2.OpenVision2CaptionerPreprocessor.from_preset(
+        "openvision2_captioner_tiny_patch14_84"
+    )
+    ```
     """
 
     backbone_cls = OpenVision2Backbone

@@ -5,26 +5,9 @@ from keras import ops
 
 from keras_ov2 import variants
 from keras_ov2.models.common import layouts
+from keras_ov2.models.common.text_transformer import ATTENTION_MASKS
+from keras_ov2.models.common.text_transformer import decoder_attention_mask
 from keras_ov2.models.common.text_transformer import text_transformer_layers
-
-ATTENTION_MASKS = ("causal", "prefix")
-
-
-def decoder_attention_mask(num_visual, query_start, num_queries, num_keys, mode):
-    """(num_queries, num_keys) bool: which key each query position may see.
-
-    Positions count over the whole [visual; text] sequence. `"causal"` lets
-    position p see keys 0..p (the authors' published code path). `"prefix"`
-    also lets every visual position see all visual tokens (a prefix LM).
-    Text positions see all earlier positions in both modes.
-    """
-    queries = query_start + ops.arange(num_queries)[:, None]
-    keys = ops.arange(num_keys)[None, :]
-    visible = keys <= queries
-    if mode == "prefix":
-        visible = visible | ((queries < num_visual) & (keys < num_visual))
-    return visible
-
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
 class OpenVision2TextDecoder(keras.layers.Layer):
@@ -42,6 +25,32 @@ class OpenVision2TextDecoder(keras.layers.Layer):
             (see `keras_ov2.variants.DECODERS` and `from_variant`).
         attention_mask: `"causal"` (default) or `"prefix"`.
         layer_norm_epsilon: float.
+
+    Example:
+    ```python
+    import numpy as np
+    import keras_ov2
+
+    # Patch tokens of an encoder (a 6 x 6 grid of width 192) and caption ids
+    # (`x["token_ids"]` of an `OpenVision2CaptionerPreprocessor`).
+    visual_tokens = np.random.normal(size=(2, 36, 192)).astype("float32")
+    token_ids = np.random.randint(3, 30522, size=(2, 31)).astype("int32")
+
+    # The authors' Ti decoder.
+    decoder = keras_ov2.OpenVision2TextDecoder.from_variant("Ti")
+    decoder(visual_tokens, token_ids)  # (2, 31, 32000) logits, float32
+
+    # A custom config, with visual tokens that see each other.
+    decoder = keras_ov2.OpenVision2TextDecoder(
+        vocabulary_size=32000,
+        hidden_dim=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=256,
+        attention_mask="prefix",
+    )
+    decoder(visual_tokens, token_ids)  # (2, 31, 32000)
+    ```
     """
 
     def __init__(
