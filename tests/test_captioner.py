@@ -10,6 +10,7 @@ from keras_hub.src.tests.test_case import TestCase
 
 import keras_ov2
 from keras_ov2.data import SyntheticScenes
+from keras_ov2.layers import VisualTokenMasking
 from keras_ov2.layers.patch_embedding import PatchEmbedding
 from keras_ov2.models import CaptionLoss
 from keras_ov2.models.common.text_transformer import decoder_attention_mask
@@ -17,6 +18,8 @@ from keras_ov2.models.common.text_transformer import decoder_attention_mask
 SEQUENCE = 16
 SIZE = 64
 RAGGED_PROMPTS = ["", "a red", "two blue circles and"]
+NUM_TOKENS = (SIZE // 16) ** 2  # patch tokens of a tiny captioner's image
+WORDS = "a red blue green circle square star cross two and left of small large".split()
 
 
 def tiny_captioner(keep_ratio=0.35, attention_mask="causal", dtype=None, **kwargs):
@@ -48,16 +51,24 @@ def model_inputs(captioner, images, captions):
     return captioner.preprocessor(images, captions)
 
 
-def greedy_without_cache(captioner, inputs):
+def greedy_without_cache(captioner, inputs, views=None):
     """Greedy decoding that runs the whole sequence through the model for
     every new token: the reference a KV cache must reproduce. Prompt
-    positions (`padding_mask`) are kept, as the sampler keeps them."""
+    positions (`padding_mask`) are kept, as the sampler keeps them. With
+    `views` (B, K), the decoder sees only those visual tokens, in that
+    order (gathered in NumPy)."""
     token_ids = ops.convert_to_numpy(inputs["token_ids"]).copy()
     prompt = ops.convert_to_numpy(inputs["padding_mask"])
     vocabulary = captioner.preprocessor.tokenizer.vocabulary_size()
+    if views is not None:
+        encoded = ops.convert_to_numpy(captioner.encode_images(inputs["images"]))
+        visual = np.take_along_axis(encoded, views[..., None], axis=1)
     for position in range(1, token_ids.shape[1]):
         current = ops.convert_to_tensor(token_ids)
-        logits = captioner({"images": inputs["images"], "token_ids": current})
+        if views is None:
+            logits = captioner({"images": inputs["images"], "token_ids": current})
+        else:
+            logits = captioner.decoder(visual, current)
         best = ops.convert_to_numpy(logits)[:, position - 1, :vocabulary].argmax(-1)
         token_ids[:, position] = np.where(prompt[:, position], token_ids[:, position], best)
     return token_ids
@@ -106,6 +117,51 @@ def ragged_generation_case(captioner):
     kept = until_first_new_stop(expected, prompt, eos)
     assert not kept.all() and len(set(kept.sum(1))) > 1, expected
     return inputs, expected, kept
+
+
+def view_sensitive_captioner(attention_mask="causal"):
+    """A tiny captioner whose captions hinge on which visual tokens it sees
+    and read back through the tokenizer unchanged: its head (from NumPy)
+    says only whole words and [eos], and its token embeddings are shrunk
+    so that the visual tokens outweigh them."""
+    keras.utils.set_random_seed(1)
+    captioner = tiny_captioner(attention_mask=attention_mask)
+    tokenizer = captioner.preprocessor.tokenizer
+    ids = [tokenizer.token_to_id(word) for word in WORDS] + [tokenizer.end_token_id]
+    head = np.zeros(captioner.decoder.head.kernel.shape, "float32")
+    head[:, ids] = np.random.default_rng(0).normal(size=(head.shape[0], len(ids)))
+    captioner.decoder.head.kernel.assign(head)
+    embeddings = captioner.decoder.token_embedding.embeddings
+    embeddings.assign(ops.convert_to_numpy(embeddings.value) * 0.01)
+    return captioner
+
+
+def noise_images(count):
+    """Patches that differ, so that different subsets of them do too."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(count, SIZE, SIZE, 3), dtype="uint8")
+
+
+def numpy_view_scores(captioner, images, captions, views):
+    """(B, draws) log-likelihoods of captions[i] given images[i] seen
+    through views[i, j]: the decoder on NumPy-gathered tokens, NumPy sums."""
+    x, targets, weights = captioner.preprocessor(images, captions)
+    encoded = ops.convert_to_numpy(captioner.encode_images(x["images"]))
+    targets, weights = ops.convert_to_numpy(targets), ops.convert_to_numpy(weights)
+    scores = np.zeros(views.shape[:2])
+    for draw in range(views.shape[1]):
+        visual = np.take_along_axis(encoded, views[:, draw, :, None], axis=1)
+        logits = ops.convert_to_numpy(captioner.decoder(visual, x["token_ids"]))
+        log_probs = numpy_log_softmax(logits)
+        picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+        scores[:, draw] = (picked * weights).sum(1)
+    return scores
+
+
+def ragged_inputs(captioner, images):
+    return captioner.preprocessor.generate_preprocess(
+        {"images": images, "prompts": RAGGED_PROMPTS}, sequence_length=12
+    )
 
 
 class CaptionerTest(TestCase):
@@ -205,6 +261,125 @@ class CaptionerTest(TestCase):
         np.testing.assert_allclose(captioner.score(images[0], captions), matrix[0], rtol=1e-5)
         with pytest.raises(ValueError, match="all_pairs=True"):
             captioner.score(images[:2], captions)
+
+    def test_default_view_is_every_token_in_raster_order(self):
+        captioner = view_sensitive_captioner()
+        images, captions = noise_images(3), scenes(3)[1]
+        expected = captioner.preprocessor.generate_postprocess(
+            greedy_without_cache(captioner, ragged_inputs(captioner, images))
+        )
+        for options in ({}, {"view": "all"}):
+            prompts = {"images": images, "prompts": RAGGED_PROMPTS}
+            assert captioner.generate(prompts, max_length=12, **options) == expected
+        raster = np.tile(np.arange(NUM_TOKENS), (3, 1, 1))
+        reference = numpy_view_scores(captioner, images, captions, raster)[:, 0]
+        np.testing.assert_allclose(captioner.score(images, captions), reference, rtol=1e-4)
+        np.testing.assert_allclose(
+            captioner.score(images, captions, view="all"), reference, rtol=1e-4
+        )
+        # keep_ratio 1.0 trains on every token in place; so the view does.
+        assert captioner.generate(
+            images, max_length=12, view="masked", keep_ratio=1.0, draws=2
+        ) == captioner.generate(images, max_length=12)
+        with pytest.raises(ValueError, match='view="masked"'):
+            captioner.generate(images, draws=2)
+        with pytest.raises(ValueError, match='view="masked"'):
+            captioner.score(images, captions, seed=0)
+        with pytest.raises(ValueError, match="view must be"):
+            captioner.score(images, captions, view="random")
+        with pytest.raises(ValueError, match="indices in"):
+            captioner.score(images, captions, view=raster + 1)
+
+    @parameterized.parameters("causal", "prefix")
+    def test_masked_generation_decodes_exactly_the_drawn_tokens(self, attention_mask):
+        captioner = view_sensitive_captioner(attention_mask)
+        images = noise_images(3)
+        views = captioner.draw_views(3, NUM_TOKENS, seed=5)
+        kept = int(NUM_TOKENS * 0.35)
+        assert views.shape == (3, 1, kept)
+        # One rule for the subsets: the training layer's, with this seed.
+        rule = VisualTokenMasking(0.35).draw(3, NUM_TOKENS, seed=keras.random.SeedGenerator(5))
+        np.testing.assert_array_equal(views[:, 0], ops.convert_to_numpy(rule))
+        inputs = ragged_inputs(captioner, images)
+        expected = greedy_without_cache(captioner, inputs, views[:, 0])
+        generated = captioner.generate(
+            {"images": images, "prompts": RAGGED_PROMPTS},
+            max_length=12,
+            view="masked",
+            seed=5,
+        )
+        assert generated == captioner.preprocessor.generate_postprocess(expected)
+        # The compiled step with the KV cache, on the same tokens.
+        eos = captioner.preprocessor.tokenizer.end_token_id
+        step = captioner.generate_step({**inputs, "visual_indices": views}, stop_token_ids=[eos])
+        prompt = ops.convert_to_numpy(inputs["padding_mask"])
+        stop = until_first_new_stop(expected, prompt, eos)
+        np.testing.assert_array_equal(ops.convert_to_numpy(step["padding_mask"]), stop)
+        cached = ops.convert_to_numpy(step["token_ids"])
+        np.testing.assert_array_equal(np.where(stop, cached, -1), np.where(stop, expected, -1))
+
+    def test_masked_generation_keeps_the_likeliest_draw(self):
+        captioner = view_sensitive_captioner()
+        images, draws = noise_images(4), 4
+        kept = captioner.generate(images, max_length=12, view="masked", draws=draws, seed=3)
+        views = captioner.draw_views(4, NUM_TOKENS, draws=draws, seed=3)
+        assert captioner.generate(images, max_length=12, view=views) == kept
+        per_draw = [
+            captioner.generate(images, max_length=12, view=views[:, j : j + 1])
+            for j in range(draws)
+        ]
+        assert any(len({captions[i] for captions in per_draw}) > 1 for i in range(4))
+        scores = np.stack([
+            captioner.score(images, per_draw[j], view=views[:, j : j + 1])
+            for j in range(draws)
+        ], axis=1)
+        best = scores.argmax(1)
+        assert best.any(), scores  # not always the first draw
+        assert kept == [per_draw[j][i] for i, j in enumerate(best)], (kept, per_draw, scores)
+
+    def test_masked_score_is_the_log_mean_exp_over_draws(self):
+        captioner = view_sensitive_captioner()
+        images, captions = noise_images(3), scenes(3)[1]
+        views = captioner.draw_views(3, NUM_TOKENS, draws=3, seed=2)
+        per_draw = numpy_view_scores(captioner, images, captions, views)
+        top = per_draw.max(1)
+        expected = top + np.log(np.exp(per_draw - top[:, None]).mean(1))
+        masked = captioner.score(images, captions, view="masked", draws=3, seed=2)
+        np.testing.assert_allclose(masked, expected, rtol=1e-4)
+        explicit = captioner.score(images, captions, view=views)
+        np.testing.assert_allclose(explicit, expected, rtol=1e-4)
+        # Every text of an image meets that image's draws, however batched.
+        matrix = captioner.score(
+            images, captions, batch_size=2, all_pairs=True, view="masked", draws=3, seed=2
+        )
+        np.testing.assert_allclose(np.diag(matrix), expected, rtol=1e-4)
+        counts = ops.convert_to_numpy(captioner.preprocessor(images, captions)[2]).sum(1)
+        normalized = captioner.score(
+            images, captions, length_normalize=True, view="masked", draws=3, seed=2
+        )
+        np.testing.assert_allclose(normalized, expected / counts, rtol=1e-4)
+
+    def test_masked_views_follow_their_seed(self):
+        captioner = view_sensitive_captioner()
+        images, captions = noise_images(4), scenes(4)[1]
+        training = captioner.token_masking.seed_generator.state
+        training_stream = ops.convert_to_numpy(training.value)
+
+        def masked(seed):
+            options = {"view": "masked", "draws": 2, "seed": seed}
+            return (
+                captioner.generate(images, max_length=12, **options),
+                captioner.score(images, captions, **options),
+            )
+
+        (captions_a, scores_a), (captions_b, scores_b) = masked(0), masked(0)
+        captions_c, scores_c = masked(1)
+        assert captions_a == captions_b
+        np.testing.assert_array_equal(scores_a, scores_b)
+        assert captions_a != captions_c
+        assert not np.allclose(scores_a, scores_c)
+        # Diagnostics draw from their own seed, never the training stream.
+        np.testing.assert_array_equal(ops.convert_to_numpy(training.value), training_stream)
 
     def test_loss_equals_a_numpy_token_weighted_mean(self):
         rng = np.random.default_rng(0)

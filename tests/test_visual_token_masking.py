@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -66,3 +67,22 @@ def test_bad_keep_ratio_is_rejected():
     for ratio in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="keep_ratio"):
             VisualTokenMasking(ratio)
+
+
+def test_draw_gives_the_subsets_call_keeps():
+    drawn = VisualTokenMasking(0.35, seed=6).draw(BATCH, TOKENS)
+    kept = kept_indices(VisualTokenMasking(0.35, seed=6))
+    np.testing.assert_array_equal(ops.convert_to_numpy(drawn), kept)
+
+
+def test_draw_with_its_own_seed_leaves_the_training_stream_alone():
+    layer = VisualTokenMasking(0.35, seed=7)
+    state = ops.convert_to_numpy(layer.seed_generator.state.value)
+    half = layer.draw(BATCH, TOKENS, seed=keras.random.SeedGenerator(1), keep_ratio=0.5)
+    assert tuple(half.shape) == (BATCH, 20)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.seed_generator.state.value), state)
+    # As `call`: keep_ratio 1.0 keeps every token, in place.
+    whole = ops.convert_to_numpy(layer.draw(2, TOKENS, seed=1, keep_ratio=1.0))
+    np.testing.assert_array_equal(whole, np.tile(np.arange(TOKENS), (2, 1)))
+    with pytest.raises(ValueError, match="keep_ratio"):
+        layer.draw(2, TOKENS, keep_ratio=0.0)
