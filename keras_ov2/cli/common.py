@@ -8,8 +8,12 @@ class CliError(Exception):
     """A problem with the user's input: reported in one line, exit status 1."""
 
 
+def is_positive(text):
+    return text.isdigit() and int(text) > 0
+
+
 def positive_int(text):
-    if not (text.isdigit() and int(text) > 0):
+    if not is_positive(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 

@@ -1,6 +1,7 @@
 """`ov2 data build`: check a user's image-caption data and store it as ArrayRecord shards."""
 
 from keras_ov2.cli.common import CliError
+from keras_ov2.cli.common import is_positive
 from keras_ov2.cli.common import positive_int
 from keras_ov2.data.source_base import LAYOUTS
 
@@ -36,7 +37,7 @@ def open_cli_source(text):
 
     if text.startswith(SYNTHETIC):
         count = text[len(SYNTHETIC):]
-        if not (count.isdigit() and int(count) > 0):
+        if not is_positive(count):
             raise CliError(f"{text}: expected synthetic:N with N a positive number of scenes.")
         return SyntheticScenes(int(count))
     try:
