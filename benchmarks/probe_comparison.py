@@ -4,7 +4,7 @@ Pretrains, on the same data (the built-in `SyntheticScenes` at 84 px, same
 seed, no augmentation), for the same number of steps of the same batch size
 and with the same optimizer recipe (AdamW, peak lr 5e-4, 5% warmup, cosine):
 - OV2: the captioner preset `openvision2_captioner_tiny_patch14_84` through
-  `keras_ov2.training.pretrain` (short captions by default), at keep ratio
+  `keras_ov2.training.pretrain` (its defaults: detailed captions), at keep ratio
   0.35 (the authors') and at 1.0 (no token masking);
 - OV1: `OpenVisionCLIPS` preset `openvision_clips_tiny_patch14_84` (web
   caption = short caption, detailed caption for the sentence and the
@@ -51,8 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=500, help="probe test scenes")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation, probes")
     p.add_argument("--ov2-caption-field", choices=("short_caption", "caption"),
-                   default="short_caption", help="what OV2 learns to caption "
-                   "(pretrain's default: short_caption)")
+                   help="what OV2 learns to caption (default: pretrain's, the detailed "
+                   "caption)")
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -73,7 +73,7 @@ def train_ov2(args, keep_ratio, folder):
     train_seconds = result["seconds"]
     summary = dict(seconds=train_seconds, final_loss=result["losses"][-1][2],
                    loss_before=result["loss_before"], loss_after=result["loss_after"],
-                   objective=f"caption ({args.ov2_caption_field})",
+                   objective=f"caption ({result['caption_field']})",
                    exact_match=result["exact_match"])
     return load_captioner(folder).backbone, summary
 

@@ -69,6 +69,7 @@ from keras_ov2.evaluation import fit_linear_probe
 from keras_ov2.evaluation import probe_results
 from keras_ov2.evaluation import synthetic_eval_set
 from keras_ov2.evaluation import zero_shot_results
+from keras_ov2.training import DEFAULT_STAGES
 from keras_ov2.training import Stage
 from keras_ov2.training import pretrain
 
@@ -80,23 +81,22 @@ print("Keras", keras.__version__, "on", keras.backend.backend(), "| small settin
 
 The demo captioner (`openvision2_captioner_tiny_patch14_84`: an encoder 128
 wide and 4 blocks deep) pretrained on the built-in scenes with
-`keras_ov2.training.pretrain`, as `ov2 pretrain` does. With the full settings,
-`ov2 pretrain`'s own: 1,500 steps of 16 scenes of one to three objects, every
-patch token kept, about five minutes on two CPU cores.
+`keras_ov2.training.pretrain`, as `ov2 pretrain` does: the authors' token
+masking (35% of the patch tokens reach the decoder) and the scenes' detailed
+captions. With the full settings, `ov2 pretrain`'s own stage.
 
 The small settings cannot afford that, so they make the task easier instead
-of the run longer: scenes of a single object ("red circle"), where the first
-word of every caption is the colour of the only thing in the image, and a
-higher learning rate. About a thousand images are then enough for the
-captioner to start naming colours.
+of the run longer: scenes of a single object ("one shape: a small red
+circle."), and a higher learning rate. About a thousand images are then
+enough for the encoder to start telling colours apart.
 """
 
 if SMALL:
     training_scenes = SyntheticScenes(100_000, image_size=84, max_objects=1)
     stage, learning_rate, num_train, num_test = Stage(84, 120, 8), 1e-3, 300, 100
 else:
-    training_scenes = None  # pretrain's default: SyntheticScenes of 1 to 3 objects
-    stage, learning_rate, num_train, num_test = Stage(84, 1500, 16), 5e-4, 600, 300
+    training_scenes = None  # pretrain's default: the built-in scenes
+    stage, learning_rate, num_train, num_test = DEFAULT_STAGES[0], 5e-4, 600, 300
 log = pretrain(dataset=training_scenes, stages=[stage], learning_rate=learning_rate,
                output_dir="ov2_captioner")
 captioner = keras_ov2.OpenVision2Captioner.from_preset("ov2_captioner")
@@ -120,7 +120,9 @@ stream that pretraining never reads) with their exact labels. One pass of
 the encoder over the images serves every task.
 """
 
-eval_set = synthetic_eval_set(num_train, num_test, image_size=84, seed=0)
+# Zero-shot prompts are written as the captions the captioner learnt.
+eval_set = synthetic_eval_set(num_train, num_test, image_size=84, seed=0,
+                              caption_field=log["caption_field"])
 print(eval_set.name)
 print(f"{'task':14} {'classes':42} {'kind':12} zero-shot prompts")
 for task in eval_set.tasks:
@@ -132,7 +134,7 @@ example = next(p for p in left_colour.test_prompts if p)
 print("prompts of test image 0 for left_colour:", [c[0] for c in example])
 
 """
-- `count`: how many objects (one to three here);
+- `count`: how many objects (one to three here, whatever the pretraining scenes held);
 - `colours`, `shapes`: the *set* of colours (shapes) present, a multi-label
   task scored as right only when the whole set is right;
 - `left_colour`, `left_shape`, `left_size`: attributes of the leftmost

@@ -57,6 +57,7 @@ from PIL import Image
 
 import keras_ov2
 from keras_ov2.data import SyntheticScenes
+from keras_ov2.training import DEFAULT_STAGES
 from keras_ov2.training import Stage
 from keras_ov2.training import pretrain
 from keras_ov2.training import tidy
@@ -114,18 +115,20 @@ weights. Here we train a model of our own instead.
 
 `openvision2_captioner_tiny_patch14_84` is a demo-size captioner (an encoder
 128 wide and 4 blocks deep, patch 14, and a 2-block decoder) meant to be
-pretrained on the built-in `SyntheticScenes`: images of one to three coloured
-shapes with captions such as "red circle and blue square".
-`keras_ov2.training.pretrain` runs the recipe behind `ov2 pretrain`: AdamW,
-warmup then cosine, at 84 px. On these scenes the decoder sees every patch
-token (the authors keep 35% of them, the default on any other data): at 84 px
-a scene has only 36 tokens, and a random 35% rarely shows an object whole.
-It prints the held-out loss before and after, captions of held-out scenes,
-and how often each object's count, colour and shape come out right.
+pretrained on the built-in `SyntheticScenes`: images of coloured shapes with
+detailed captions such as "two shapes: a small red circle and a large blue
+square from left to right. the red circle is left of and below the blue
+square." `keras_ov2.training.pretrain` runs the recipe behind `ov2 pretrain`:
+AdamW, warmup then cosine, at 84 px, and OpenVision 2's token masking: the
+decoder sees a random 35% of the encoder's patch tokens at every step.
+It prints the held-out loss before and after; captions of held-out scenes,
+generated from views of the tokens drawn as in training, and how often each
+object's count, colour, shape and size come out right; and linear probes of
+the encoder against a randomly initialised one.
 """
 
-stage = Stage(image_size=84, steps=24, batch_size=8) if SMALL else Stage(84, 1500, 16)
-log = pretrain(stages=[stage], output_dir="ov2_tiny_captioner")
+stages = [Stage(image_size=84, steps=24, batch_size=8)] if SMALL else DEFAULT_STAGES
+log = pretrain(stages=stages, output_dir="ov2_tiny_captioner")
 
 """
 The loss is the token-level cross-entropy times 2 (the authors' weight), so
@@ -221,10 +224,10 @@ expect about 1e-3.)
 In pretraining, the encoder sees the whole image; then
 `VisualTokenMasking` keeps K = int(N x 0.35) of the N patch tokens, a fresh
 random subset at every step, in random order, and only those reach the
-decoder. At inference (`generate`, `score`, feature extraction) nothing is
-dropped. (The demo captioner above kept every token of its 36-token scenes;
-here a masking layer with the authors' ratio runs on the encoder's tokens of
-a 224 px photo.)
+decoder. Feature extraction always sees every token; `generate` and `score`
+see every token by default, or views drawn as in training with
+`view="masked"`. Here a masking layer with the authors' ratio runs on the
+encoder's tokens of a 224 px photo.
 
 The photo is matplotlib's sample image of Grace Hopper
 (`matplotlib.cbook.get_sample_data("grace_hopper.jpg")`), a real photograph
@@ -288,19 +291,23 @@ attends only to the ones before it.
 
 ## Captions
 
-`generate` decodes greedily with a KV cache. Held-out scenes, never seen in
+`generate` decodes greedily with a KV cache. The decoder trained on random
+35% subsets of the tokens, in random order, never on all of them in raster
+order; `view="masked"` shows it each image as training did, in several
+draws, and keeps the likeliest caption. Held-out scenes, never seen in
 training:
 """
 
 held_out = SyntheticScenes(8, image_size=84, seed=0).held_out()
 scene_images = np.stack([held_out[i]["image"] for i in range(len(held_out))])
-truths = [held_out[i]["short_caption"] for i in range(len(held_out))]
-made = [tidy(c) for c in captioner.generate(scene_images)]
-print(f"{'generated':45} | true")
+truths = [held_out[i]["caption"] for i in range(len(held_out))]
+made = [tidy(c) for c in captioner.generate(scene_images, view="masked", draws=8, seed=0)]
 for generated, truth in zip(made, truths):
-    print(f"{generated:45} | {truth}{'   ok' if generated == truth else ''}")
+    print(f"{'ok' if generated == truth else '  '} made: {generated}\n   true: {truth}")
 photo_84 = keras_ov2.OpenVision2ImageConverter(image_size=(84, 84), normalize=False)(photo)
-print("the photo:", tidy(captioner.generate(keras.ops.convert_to_numpy(photo_84)[None])[0]))
+photo_caption = captioner.generate(keras.ops.convert_to_numpy(photo_84)[None], view="masked",
+                                   draws=8, seed=0)
+print("the photo:", tidy(photo_caption[0]))
 
 """
 A model trained on coloured shapes describes everything as coloured shapes,
@@ -310,10 +317,12 @@ an open_clip file, which is why the captions here come from our own model.
 
 ## Zero-shot classification by caption scoring
 
-`score(images, texts)` is the log-likelihood of each text given its image.
-To classify, score every image against one caption per class and take the
+`score(images, texts)` is the log-likelihood of each text given its image
+(with `view="masked"`, averaged over views drawn as in training). To
+classify, score every image against one caption per class and take the
 best. Here the classes are the 24 colour-shape pairs, on held-out scenes of
-one shape each.
+one shape each, each class's caption written as the scenes' detailed
+captions are (with the object's true size, which is not what is asked).
 """
 
 colours, shapes = keras_ov2.data.COLOURS, keras_ov2.data.SHAPES
@@ -322,9 +331,12 @@ single = SyntheticScenes(12 if SMALL else 96, image_size=84, min_objects=1,
                          max_objects=1).held_out()
 pictures = np.stack([single[i]["image"] for i in range(len(single))])
 labels = [classes.index(single[i]["short_caption"]) for i in range(len(single))]
+sizes = [keras_ov2.data.SIZES[single[i]["objects"]["size"][0]] for i in range(len(single))]
+prompts = [f"one shape: a {size} {name}." for size in sizes for name in classes]
 
 scores = captioner.score(
-    np.repeat(pictures, len(classes), axis=0), classes * len(pictures), batch_size=192
+    np.repeat(pictures, len(classes), axis=0), prompts, batch_size=192, view="masked",
+    draws=4, seed=0,
 ).reshape(len(pictures), len(classes))
 predicted = scores.argmax(axis=1)
 right = predicted == np.array(labels)
@@ -342,7 +354,7 @@ for i in range(3):
 """
 Each score is a sum of log-probabilities over the caption's word-pieces and
 its end token, so the captions of all classes should have similar lengths
-(here they all are two words). Scoring reads the same knowledge out of the
+(here they differ in two words only). Scoring reads the same knowledge out of the
 decoder as generation does, without decoding, so expect the same strengths
 as in the generated captions: colours before shapes. With small settings the
 model has barely trained and the accuracies sit near chance.

@@ -22,6 +22,8 @@ configurations too large to build; `*_from_config` helpers read a model's
 building blocks below (`transformer_block_flops`, `dense_flops`).
 """
 
+from keras_ov2.variants import KEEP_RATIO
+
 TRAIN_MULTIPLIER = 3
 
 
@@ -107,7 +109,7 @@ def caption_decoder_flops(
     return flops
 
 
-def captioner_flops(encoder, decoder, image_size, keep_ratio=0.35, sequence_length=128):
+def captioner_flops(encoder, decoder, image_size, keep_ratio=KEEP_RATIO, sequence_length=128):
     """Forward FLOPs per image of `OpenVision2Captioner` in training, split
     into {"encoder", "decoder", "total"}.
 

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from keras_ov2.preset_table import KEEP_RATIO
 from keras_ov2.preset_table import PRESETS
 from keras_ov2.preset_table import PRESETS_DIR
+from keras_ov2.variants import KEEP_RATIO
 
 PACKAGE = Path(__file__).resolve().parent
 VOCABULARY = PACKAGE / "assets" / "vocabulary.txt"

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from keras_ov2.flops import num_patches
 from keras_ov2.variants import DECODERS
 from keras_ov2.variants import ENCODERS
+from keras_ov2.variants import KEEP_RATIO
 from keras_ov2.variants import TEXT
 from keras_ov2.variants import Size
 
@@ -38,7 +39,6 @@ TINY_TEXT = Size(128, 2, 512, 4)
 STAGE_IMAGE_SIZE = 84
 CAPTION_LENGTH = 128
 WEB_CAPTION_LENGTH = 80
-KEEP_RATIO = 0.35
 UNCONFIRMED_HUB_ID = "Hub id inferred from the project page; not confirmed in the released listing."
 OUR_DECODER_PAIRING = (
     "Decoder pairing is keras_ov2's choice: the authors' decoder for this encoder is "

@@ -1,8 +1,13 @@
-"""The sizes of every OpenVision model family, one table each. Everything
-else (the preset folders, the converters' checks, FLOP counts, benchmarks)
-reads them from here. Pure Python: importing it loads no Keras."""
+"""The sizes of every OpenVision model family, one table each, and the
+authors' token keep ratio. Everything else (the preset folders, the
+converters' checks, FLOP counts, benchmarks, the models' and the recipe's
+defaults) reads them from here. Pure Python: importing it loads no Keras."""
 
 from typing import NamedTuple
+
+# OpenVision 2's token masking: the fraction of the encoder's patch tokens the
+# caption decoder sees in training (the paper's 35%).
+KEEP_RATIO = 0.35
 
 
 class Size(NamedTuple):

@@ -69,17 +69,35 @@ def test_pretrain_writes_a_preset_that_loads(pretrained, tiny_preset):
     assert f"Held-out loss: {log['loss_before']:.3f} -> {log['loss_after']:.3f}" in printed
     assert [step for _, step, _ in log["losses"]] == [2, 3]  # step 1 compiles
     assert len(log["samples"]) == 4 and all(truth for _, truth in log["samples"])
-    accuracy = log["attribute_accuracy"]  # built-in scenes, short captions: no sizes
-    assert set(accuracy) == {"count", "colour", "shape", "size"} and accuracy["size"] is None
-    reported = ", ".join(f"{key} {accuracy[key]:.0%}" for key in ("count", "colour", "shape"))
-    assert f"Right per object, left to right: {reported}" in printed  # the log's figures
+    # The authors' masking and the detailed captions, on the built-in scenes too.
+    assert ("Data: keep ratio 0.35 (the authors' default), augmentation off (the built-in "
+            "scenes' default), captions 'caption' (the built-in scenes' default).") in printed
+    # Captions from the view the decoder trained on: 5 of the 16 tokens at 56 px.
+    assert log["view"] == "the training-time view (5 of 16 tokens, likeliest of 8 draws)"
+    assert f"Held-out captions from {log['view']} (generated | true):" in printed
+    for key, line in (("attribute_accuracy", "Right per object, left to right: "),
+                      ("attribute_accuracy_all_tokens", "From every token (a view never "
+                                                        "trained on): ")):
+        accuracy = log[key]  # detailed captions state sizes
+        assert set(accuracy) == {"count", "colour", "shape", "size"}
+        reported = ", ".join(f"{name} {accuracy[name]:.0%}" for name in accuracy)
+        assert f"{line}{reported}." in printed  # the log's figures
+    # The encoder itself, probed against a random one: one printed row per task.
+    probes = log["encoder_probes"]
+    assert set(probes) == {"count", "colours", "shapes", "left_colour", "left_shape",
+                           "left_size", "pair_relation"}
+    for task, row in probes.items():
+        assert (f"  {task:<14} {row['pretrained']:6.0%} {row['random']:6.0%} "
+                f"{row['chance']:6.0%}") in printed
 
     trained = keras_ov2.OpenVision2Captioner.from_preset(str(output))
     initial = keras_ov2.OpenVision2Captioner.from_preset(str(tiny_preset))
-    # On the built-in scenes the decoder sees every token by default.
-    assert trained.keep_ratio == 1.0 and "keep ratio 1, " in printed
-    # Short captions (<= 8 word-pieces) + [bos], [eos], [CLS]: 12 of the 64 slots.
-    assert trained.preprocessor.sequence_length == 12
+    assert trained.keep_ratio == 0.35  # what it trained with
+    # Fitted to the detailed captions: the longest + [bos], [eos], [CLS], in 4s.
+    longest = max(len(trained.preprocessor.tokenizer.tokenize(truth)) for _, truth in
+                  log["samples"])
+    assert longest + 3 <= trained.preprocessor.sequence_length <= 64
+    assert trained.preprocessor.sequence_length % 4 == 0
     assert trained.preprocessor.image_converter.image_size == (IMAGE_SIZE, IMAGE_SIZE)
     head = lambda model: keras.ops.convert_to_numpy(model.decoder.head.kernel)  # noqa: E731
     assert not np.allclose(head(trained), head(initial))

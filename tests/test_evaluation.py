@@ -19,8 +19,10 @@ from keras_ov2.evaluation import extract_features
 from keras_ov2.evaluation import fit_linear_probe
 from keras_ov2.evaluation import folder_eval_set
 from keras_ov2.evaluation import probe_accuracy
+from keras_ov2.evaluation import probe_results
 from keras_ov2.evaluation import synthetic_eval_set
 from keras_ov2.evaluation import zero_shot_predict
+from keras_ov2.evaluation.linear_probe import L2_GRID
 from keras_ov2.evaluation.linear_probe import _objective
 from keras_ov2.evaluation.linear_probe import lbfgs
 
@@ -69,6 +71,9 @@ def test_probe_learns_what_features_carry_and_nothing_from_shuffled_labels():
     assert 0.15 < result["chance"] < 0.3
     shuffled = probe_accuracy(x[:400], rng.permutation(y[:400]), x[400:], y[400:])
     assert abs(shuffled["accuracy"] - shuffled["chance"]) < 0.1
+    # A penalty given is the one used, with no search.
+    assert probe_accuracy(x[:400], y[:400], x[400:], y[400:], l2=0.5)["l2"] == 0.5
+    assert result["l2"] in L2_GRID
 
 
 def test_probe_is_deterministic_and_standardizes():
@@ -173,6 +178,25 @@ def test_synthetic_tasks_labels_and_prompts(caption_field):
             assert len(set(prompts)) == len(prompts)
 
 
+def test_synthetic_tasks_on_given_scenes():
+    """The probe set of a run: its own scenes (size, objects), the first ones
+    to fit on, its held-out stream to test on."""
+    scenes = SyntheticScenes(100, image_size=IMAGE_SIZE + 14, seed=2, max_objects=2)
+    eval_set = synthetic_eval_set(10, 6, scenes=scenes)
+    assert eval_set.train_images.shape == (10, IMAGE_SIZE + 14, IMAGE_SIZE + 14, 3)
+    np.testing.assert_array_equal(eval_set.train_images[3], scenes[3]["image"])
+    np.testing.assert_array_equal(eval_set.test_images[5], scenes.held_out(6)[5]["image"])
+    count = {task.name: task for task in eval_set.tasks}["count"]
+    assert set(count.train_labels) <= {0, 1}  # one or two objects
+
+
+def test_probes_leave_out_tasks_the_scenes_cannot_pose(captioner):
+    """Scenes of one object have no left/right pair: no row, not an error."""
+    single = SyntheticScenes(40, image_size=IMAGE_SIZE, seed=1, max_objects=1)
+    rows = probe_results(synthetic_eval_set(20, 10, scenes=single), captioner, l2=1e-2)
+    assert [row["task"] for row in rows] == [t for t in LABEL_CLASSES if t != "pair_relation"]
+
+
 def test_extract_features_pooled_and_grid(captioner):
     backbone = captioner.backbone
     images = [SyntheticScenes(5, 70, seed=1)[i]["image"] for i in range(5)]
@@ -255,9 +279,10 @@ def test_eval_cli_on_synthetic_scenes(captioner_preset, tmp_path):
     for task in LABEL_CLASSES:
         assert (task, "probe", "preset") in methods and (task, "probe", "random") in methods
     zero_shot = {task for task, method, _ in methods if method == "zero-shot"}
-    assert zero_shot == {"left_colour", "left_shape", "pair_relation"}
+    # The detailed captions' prompts by default (ov2 pretrain's captions): sizes too.
+    assert zero_shot == {"left_colour", "left_shape", "left_size", "pair_relation"}
     rows = table_rows(printed)
-    assert len(rows) == len(results["results"]) == 2 * 7 + 3
+    assert len(rows) == len(results["results"]) == 2 * 7 + 4
     for row, result in zip(rows, results["results"]):
         assert row[:3] == [result["task"], result["method"], result["encoder"]]
         assert row[3] == f"{result['accuracy']:.3f}" and row[4] == f"{result['chance']:.3f}"

@@ -133,7 +133,9 @@ def test_quickstart_runs(tmp_path):
     assert "256 patches, 89 kept per step" in out
     assert 0 < number(r"kept in both steps: (\d+)", out) < 89  # a fresh subset per step
     check_png(tmp_path / "token_masking.png", 300)
-    assert len(re.findall(r"\n.{45} \| \w", out)) >= 8  # the caption table
+    # The caption table: a generated and the true detailed caption per scene.
+    assert len(re.findall(r"\n   true: \w+ shapes?: a (small|large) ", out)) == 8
+    assert len(re.findall(r"\n(ok|  ) made: ", out)) == 8
     assert "the photo: " in out
     accuracy = {row: number(rf"\n{re.escape(row)} +(\d+)%", out)
                 for row in ("colour+shape", "colour", "shape")}
@@ -206,15 +208,16 @@ def test_evaluating_an_encoder_runs(tmp_path):
     assert set(table) == {"count", "colours", "shapes", "left_colour", "left_shape",
                           "left_size", "pair_relation"}
     pretrained, random_init, zero_shot, chance = zip(*table.values())
+    # Prompts in the detailed captions' style, which state sizes too.
     assert [t for t, row in table.items() if row[2] is not None] == [
-        "left_colour", "left_shape", "pair_relation"]
+        "left_colour", "left_shape", "left_size", "pair_relation"]
     # What the text says: colour is easy even for random features, pretraining adds to it.
     assert table["left_colour"][1] > 2 * table["left_colour"][3]
     assert table["colours"][0] > table["colours"][1] > table["colours"][3]
     assert table["left_colour"][0] > table["left_colour"][1] + 0.05
     assert 0.4 < table["pair_relation"][3] < 0.6
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert len(rows) == 2 * 7 + 3
+    assert len(rows) == 2 * 7 + 4
     check_png(tmp_path / "probe_accuracy.png", 300)
     # Grid features beat the pooled ones on left/right.
     pooled, grid = number(r"\npair_relation +([\d.]+) +[\d.]+ +[\d.]+\n", out), \

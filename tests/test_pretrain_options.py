@@ -88,19 +88,23 @@ def test_a_source_s_defaults_apply_where_no_option_is_given():
     assert options.describe() == (
         "Data: keep ratio 0.5 (my data's default), augmentation on (the authors' default), "
         "captions 'caption' (the authors' default).")
+    # The built-in scenes mask as the authors do and recommend their detailed
+    # captions, without augmentation (it would falsify colours and positions).
     scenes = DataOptions.resolve(SyntheticScenes(4, image_size=56))
-    assert (scenes.keep_ratio, scenes.augment, scenes.caption_field) == (
-        1.0, False, "short_caption")
-    assert "keep ratio 1 (the built-in scenes' default)" in scenes.describe()
+    assert (scenes.keep_ratio, scenes.augment, scenes.caption_field) == (0.35, False, "caption")
+    assert scenes.describe() == (
+        "Data: keep ratio 0.35 (the authors' default), augmentation off (the built-in "
+        "scenes' default), captions 'caption' (the built-in scenes' default).")
     # A source that declares nothing gets the authors' recipe.
     assert DataOptions.resolve([]).origins == dict.fromkeys(
         ("keep_ratio", "augment", "caption_field"), "the authors' default")
 
 
 def test_an_option_given_wins_over_the_source_s_default():
-    options = DataOptions.resolve(SyntheticScenes(4, image_size=56), keep_ratio=0.35,
-                                  augment=True, caption_field="caption")
-    assert (options.keep_ratio, options.augment, options.caption_field) == (0.35, True, "caption")
+    options = DataOptions.resolve(SyntheticScenes(4, image_size=56), keep_ratio=1.0,
+                                  augment=True, caption_field="short_caption")
+    assert (options.keep_ratio, options.augment, options.caption_field) == (
+        1.0, True, "short_caption")
     assert set(options.origins.values()) == {"given"}
     # False and 0-like values are given too, not "no opinion".
     assert DataOptions.resolve(Declaring(), augment=False).augment is False
@@ -195,10 +199,33 @@ def test_held_out_records_are_never_trained_on(tmp_path):
     assert "Data: keep ratio 0.5 (this source's default), augmentation off (given), captions " \
         "'short_caption' (this source's default)." in printed
     assert keras_ov2.OpenVision2Captioner.from_preset(str(tmp_path / "out")).keep_ratio == 0.5
-    # The records carry the scenes' ground truth: measured per attribute.
-    assert set(result["attribute_accuracy"]) == {"count", "colour", "shape", "size"}
-    assert set(result) == {"losses", "loss_before", "loss_after", "output_dir", "samples",
-                           "exact_match", "words_in_place", "attribute_accuracy", "seconds"}
+    # The records carry the scenes' ground truth: measured per attribute, from
+    # the training-time view (8 of 16 tokens) and from every token.
+    assert result["view"] == "the training-time view (8 of 16 tokens, likeliest of 8 draws)"
+    for key in ("attribute_accuracy", "attribute_accuracy_all_tokens"):
+        assert set(result[key]) == {"count", "colour", "shape", "size"}
+    assert (result["keep_ratio"], result["caption_field"]) == (0.5, "short_caption")
+    assert set(result) == {"losses", "keep_ratio", "caption_field", "loss_before",
+                           "loss_after", "output_dir", "samples",
+                           "exact_match", "words_in_place", "attribute_accuracy", "view",
+                           "attribute_accuracy_all_tokens", "seconds"}
+
+
+def test_training_on_from_a_saved_preset_masks_as_the_run_says(tmp_path):
+    """A preset records the keep ratio it trained with; training on from it
+    takes the ratio of the new run (given, the source's, else the authors'),
+    never silently the saved one."""
+    scenes = SyntheticScenes(40, image_size=56)
+    records = [scenes[i] for i in range(len(scenes))]  # a source that recommends nothing
+    first = tmp_path / "first"
+    pretrain(tiny_preset(tmp_path / "tiny"), dataset=records, stages=[Stage(56, 2, 4)],
+             keep_ratio=1.0, output_dir=first, print_fn=print, sequence_length=16)
+    assert keras_ov2.OpenVision2Captioner.from_preset(str(first)).keep_ratio == 1.0
+    printed = []
+    pretrain(str(first), dataset=records, stages=[Stage(56, 2, 4)],
+             output_dir=tmp_path / "second", print_fn=printed.append, sequence_length=16)
+    assert printed[0].startswith("Data: keep ratio 0.35 (the authors' default)")
+    assert keras_ov2.OpenVision2Captioner.from_preset(str(tmp_path / "second")).keep_ratio == 0.35
 
 
 # -- the report -------------------------------------------------------------------
@@ -220,8 +247,9 @@ def test_caption_report_scores_and_says_the_held_out_captions():
     assert scores["words_in_place"] == pytest.approx((1 + 4 / 5) / 2)
     assert scores["attribute_accuracy"] == pytest.approx(
         {"count": 1.0, "colour": 2 / 3, "shape": 1.0, "size": None})
+    assert scores["view"] == "every token"
     assert lines == [
-        "Held-out captions (generated | true):",
+        "Held-out captions from every token (generated | true):",
         "  ok  red circle | red circle",
         "      blue square and red cross | blue square and green cross",
         "Exactly right: 50% of 2 held-out images; words in place: 90%.",

@@ -40,8 +40,9 @@ def add_eval_parser(subparsers):
     p.add_argument("--grid", type=positive_int, default=2,
                    help="the token grid is GRID x GRID cells (default 2)")
     p.add_argument("--image-size", type=positive_int, help="default: the preset's")
-    p.add_argument("--caption-field", choices=CAPTION_FIELDS, default="short_caption",
-                   help="caption style the captioner learnt, for the scenes' prompts")
+    p.add_argument("--caption-field", choices=CAPTION_FIELDS, default="caption",
+                   help="caption style the captioner learnt, for the scenes' prompts "
+                   "(default: the detailed captions, as ov2 pretrain trains on)")
     p.add_argument("--template", default="{}",
                    help="zero-shot prompt of a folder's class names (default '{}')")
     p.add_argument("--batch-size", type=positive_int, default=32)

@@ -5,6 +5,7 @@ import os
 
 from keras_ov2.cli.common import CliError
 from keras_ov2.cli.common import check_preset
+from keras_ov2.variants import KEEP_RATIO
 
 DEFAULT_OUTPUT = "runs/ov2_pretrain"
 
@@ -49,16 +50,15 @@ def add_pretrain_parser(commands):
     p.add_argument("--data", help="image-caption data: ArrayRecord, WebDataset .tar or Parquet "
                    "shards (a folder, file or quoted glob), or a folder with captions.jsonl "
                    "(default: the built-in synthetic scenes)")
-    p.add_argument("--caption-field", help="record field to caption (default: the data's "
-                   'choice, "short_caption" for the built-in scenes, whose long "caption" a '
-                   'tiny model learns slowly; else "caption")')
+    p.add_argument("--caption-field", help='record field to caption (default "caption": the '
+                   "detailed captions of the built-in scenes, as OpenVision 2 trains on long "
+                   'synthetic captions; "short_caption" is their alt-text)')
     p.add_argument("--stages", type=parse_stages,
                    help="image_size:steps:batch_size[:lr[:warmup_steps]],... (default "
-                   "84:1500:16::75); warmup defaults to steps // 250, as the authors' "
+                   "84:1000:16::50); warmup defaults to steps // 250, as the authors' "
                    "84 px stage (1,563 of 390,981)")
     p.add_argument("--keep-ratio", type=float, help="fraction of visual tokens kept in training "
-                   "(default: the data's choice, 1.0 for the built-in scenes, see the README; "
-                   "else the authors' 0.35)")
+                   f"(default: the authors' {KEEP_RATIO}, on every source)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="preset folder to write")
     p.add_argument("--seed", type=int, help="data order, initial weights, masking (0)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (5e-4)")

@@ -68,14 +68,12 @@ _MIN_SIDE = 8  # Pixels: below this a small triangle and a small circle look ali
 # patch-14 encoder at 84 px, one patch at 168 px.
 POSITION_GRID = 12
 
-# How to pretrain on these scenes (see the README): the decoder sees every
-# patch token (a random 35% of a scene's 36 tokens at 84 px rarely shows an
-# object whole, and a tiny captioner then leaves shapes at chance for far
-# longer than a demo lasts); no crops or colour jitter, which would make the
-# captions' colours and positions false; and the short captions, which a tiny
-# model learns in minutes.
-TRAINING_DEFAULTS = TrainingDefaults("the built-in scenes' default", keep_ratio=1.0,
-                                     augment=False, caption_field="short_caption")
+# How to pretrain on these scenes: the authors' token masking (keep ratio
+# left to the recipe) on the detailed captions, as OpenVision 2 trains, but no
+# crops or colour jitter, which would make the captions' colours and
+# positions false.
+TRAINING_DEFAULTS = TrainingDefaults("the built-in scenes' default", augment=False,
+                                     caption_field="caption")
 
 
 def _gap(image_size):

@@ -15,10 +15,13 @@ def _row(task, method, encoder, accuracy, chance, num_train, num_test):
 
 
 def probe_results(eval_set, model, encoder="preset", features="both", grid=2, batch_size=32,
-                  seed=0):
+                  seed=0, l2=None):
     """A linear probe per task on the frozen features of `model` (an
     `OpenVision2Backbone` or a captioner); `encoder` names it in the rows.
-    The images are used at their size in `eval_set`."""
+    The images are used at their size in `eval_set`. `l2`: the probes'
+    penalty, None to choose it per task (see `fit_linear_probe`). A task
+    with no example in a split (left/right on scenes of one object) has no
+    row."""
     def encode(images):
         return select_features(extract_features(model, images, None, batch_size, grid), features)
 
@@ -26,9 +29,11 @@ def probe_results(eval_set, model, encoder="preset", features="both", grid=2, ba
     rows = []
     for task in eval_set.tasks:
         fit, held = task.rows(task.train_labels), task.rows(task.test_labels)
+        if not len(fit) or not len(held):  # e.g. left/right on scenes of one object
+            continue
         result = probe_accuracy(train[fit], task.train_labels[fit], test[held],
                                 task.test_labels[held], len(task.classes), task.multi_label,
-                                seed)
+                                seed, l2)
         rows.append(_row(task, "probe", encoder, result["accuracy"], result["chance"],
                          len(fit), len(held)))
     return rows

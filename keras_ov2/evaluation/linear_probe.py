@@ -173,10 +173,10 @@ def chance_accuracy(train_labels, test_labels):
 
 
 def probe_accuracy(train_features, train_labels, test_features, test_labels,
-                   num_classes=None, multi_label=False, seed=0):
+                   num_classes=None, multi_label=False, seed=0, l2=None):
     """Fits on the training split, scores the test split: a dict with
     "accuracy", "chance" (see `chance_accuracy`) and the chosen "l2"."""
-    probe = fit_linear_probe(train_features, train_labels, num_classes, multi_label, seed=seed)
+    probe = fit_linear_probe(train_features, train_labels, num_classes, multi_label, l2, seed)
     return {
         "accuracy": accuracy(probe.predict(test_features), test_labels),
         "chance": chance_accuracy(train_labels, test_labels),

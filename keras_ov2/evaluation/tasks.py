@@ -109,9 +109,11 @@ def _stack(records, field):
 
 
 def synthetic_eval_set(num_train=1000, num_test=500, image_size=84, seed=0,
-                       caption_field="short_caption", max_objects=3):
+                       caption_field="short_caption", max_objects=3, scenes=None):
     """The built-in tasks on `SyntheticScenes` (1 to `max_objects` objects):
-    training scenes of `seed`, test scenes from its held-out stream.
+    training scenes of `seed`, test scenes from its held-out stream. Or,
+    given `scenes` (a `SyntheticScenes`), the first `num_train` of them and
+    `num_test` of their held-out stream, at their size.
 
     Tasks (see `LABEL_CLASSES`): count; colours and shapes present
     (multi-label); colour, shape and size of the leftmost object; and
@@ -122,8 +124,10 @@ def synthetic_eval_set(num_train=1000, num_test=500, image_size=84, seed=0,
     """
     if caption_field not in CAPTION_FIELDS:
         raise ValueError(f"caption_field must be one of {CAPTION_FIELDS}; got {caption_field!r}.")
-    scenes = SyntheticScenes(num_train, image_size=image_size, seed=seed,
-                             max_objects=max_objects)
+    if scenes is None:
+        scenes = SyntheticScenes(num_train, image_size=image_size, seed=seed,
+                                 max_objects=max_objects)
+    image_size = scenes.image_size
     train = [scenes[i] for i in range(num_train)]
     held_out = scenes.held_out(num_test)
     test = [held_out[i] for i in range(num_test)]

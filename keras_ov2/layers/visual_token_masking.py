@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_ov2.variants import KEEP_RATIO
+
 
 def check_keep_ratio(keep_ratio):
     if not 0.0 < keep_ratio <= 1.0:
@@ -34,7 +36,7 @@ class VisualTokenMasking(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, keep_ratio=0.35, seed=None, **kwargs):
+    def __init__(self, keep_ratio=KEEP_RATIO, seed=None, **kwargs):
         super().__init__(**kwargs)
         check_keep_ratio(keep_ratio)
         self.keep_ratio = keep_ratio

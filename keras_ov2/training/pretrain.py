@@ -17,13 +17,15 @@ from keras_ov2.data.decode import decode_caption
 from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
 from keras_ov2.training.report import HELD_OUT_SIZE
 from keras_ov2.training.report import HeldOutReport
+from keras_ov2.training.report import encoder_report
 from keras_ov2.training.report import write_log
 from keras_ov2.training.resume import RunCheckpoints
 from keras_ov2.training.setup import setup_training
+from keras_ov2.variants import KEEP_RATIO
 
 DEFAULT_PRESET = "openvision2_captioner_tiny_patch14_84"
 # The paper's recipe, for a source that recommends nothing else.
-AUTHORS_DEFAULTS = TrainingDefaults("the authors' default", keep_ratio=0.35, augment=True,
+AUTHORS_DEFAULTS = TrainingDefaults("the authors' default", keep_ratio=KEEP_RATIO, augment=True,
                                     caption_field="caption")
 
 
@@ -55,9 +57,13 @@ class Stage:
         return default_warmup_steps(self.steps) if self.warmup_steps is None else self.warmup_steps
 
 
-# 5 to 10 minutes on 2 CPU cores with JAX (24,000 images, 45-80 images/s). The
-# demo's own warmup (5%), with which its figures in the README were measured.
-DEFAULT_STAGES = (Stage(image_size=84, steps=1500, batch_size=16, warmup_steps=75),)
+# The demo: 16,000 scenes with the demo's own warmup (5%), with which its
+# figures in the README were measured (benchmarks/demo_settings.py).
+DEFAULT_STAGES = (Stage(image_size=84, steps=1000, batch_size=16, warmup_steps=50),)
+# The demo's scenes hold one or two objects: their detailed captions fit in
+# 32 tokens, where three objects need 64 and double the cost of the
+# vocabulary head, the bulk of a tiny captioner's step.
+DEFAULT_SCENES = dict(num_records=100_000, max_objects=2)
 
 
 class Progress(keras.callbacks.Callback):
@@ -173,15 +179,16 @@ def pretrain(
 
     `dataset`: a random-access source of raw records (see
     `keras_ov2.data.decode`: "image" as encoded bytes or a uint8 array, and
-    `caption_field`); None uses the built-in `SyntheticScenes`. The run is
+    `caption_field`); None uses the built-in `SyntheticScenes` (of one or two
+    objects, `DEFAULT_SCENES`). The run is
     measured on HELD_OUT_SIZE records it never trains on (see
     `split_held_out` and `keras_ov2.training.report`).
     `keep_ratio` (the fraction of patch tokens the decoder sees), `augment`
     (the authors' Inception crop + colour jitter) and `caption_field`: None
     takes what the source recommends (its `training_defaults`, see
-    `keras_ov2.data.TrainingDefaults`; the built-in scenes recommend every
-    token, no augmentation and their short captions, see the README), else
-    the authors' 0.35, on and "caption". The run header says which applied.
+    `keras_ov2.data.TrainingDefaults`; the built-in scenes recommend no
+    augmentation and their detailed captions), else the authors' 0.35, on
+    and "caption". The run header says which applied.
     `sequence_length`: None fits it to the captions (see `fitted_length`).
     `num_workers`: Grain worker processes for decoding and augmentation.
 
@@ -195,12 +202,19 @@ def pretrain(
     randomness, so the run goes on as if never stopped. `callbacks`: more
     Keras callbacks for every stage's `fit`.
 
-    Returns a dict: "losses" [(stage, step, loss)], "loss_before",
-    "loss_after", "samples" [(generated, truth)], "exact_match" (fraction of
-    the held-out batch captioned exactly right), "words_in_place" (see
+    Returns a dict: "losses" [(stage, step, loss)], "keep_ratio" and
+    "caption_field" (as applied), "loss_before", "loss_after", "samples"
+    [(generated, truth)], "view" (the tokens the captions were generated
+    from: the training-time view for a masked captioner, see
+    `report.training_view`), "exact_match" (fraction of the held-out batch
+    captioned exactly right), "words_in_place" (see
     `report.words_in_place`), "attribute_accuracy" (count, colour, shape and
     size right, where the records carry the built-in scenes' ground truth,
-    see `scene_caption_accuracy`; else None), "output_dir", "seconds".
+    see `scene_caption_accuracy`; else None) and, for a masked captioner,
+    "attribute_accuracy_all_tokens" (the same from every token);
+    "encoder_probes" on the built-in scenes (linear probes of the encoder
+    against a random one, see `report.encoder_report`); "output_dir",
+    "seconds".
     """
     print_fn = print_fn or functools.partial(print, flush=True)
     started = time.perf_counter()
@@ -208,7 +222,8 @@ def pretrain(
     if not stages:
         raise ValueError("pretrain needs at least one Stage.")
     if dataset is None:
-        dataset = SyntheticScenes(100_000, image_size=max(s.image_size for s in stages), seed=seed)
+        dataset = SyntheticScenes(image_size=max(s.image_size for s in stages), seed=seed,
+                                  **DEFAULT_SCENES)
     data = DataOptions.resolve(dataset, keep_ratio, augment, caption_field)
     print_fn(data.describe())
     training, held_out = split_held_out(dataset, HELD_OUT_SIZE)
@@ -273,10 +288,12 @@ def pretrain(
                 print_fn(f"{label} bad records {ds.skipped.summary()}")
 
         measured = report.after(captioner)
+        if isinstance(dataset, SyntheticScenes):  # the only source with probe labels
+            measured["encoder_probes"] = encoder_report(captioner, dataset, seed, print_fn)
         output_dir = Path(output_dir)
         captioner.compile(learning_rate=learning_rate)  # a fresh optimizer: not saved
         captioner.save_to_preset(str(output_dir))
-    result = dict(losses=losses, **measured, output_dir=str(output_dir),
-                  seconds=time.perf_counter() - started)
+    result = dict(losses=losses, keep_ratio=data.keep_ratio, caption_field=data.caption_field,
+                  **measured, output_dir=str(output_dir), seconds=time.perf_counter() - started)
     write_log(result, print_fn)
     return result
