@@ -160,6 +160,12 @@ class OpenVision2TextDecoder(keras.layers.Layer):
         `parallel` (B,) bool marks rows trained by CapPa-style parallel
         prediction: they attend to every position, without a causal mask.
         """
+        return self.head(self.text_states(visual_tokens, token_ids, parallel))
+
+    def text_states(self, visual_tokens, token_ids, parallel=None):
+        """What the head reads: the caption positions after the final
+        LayerNorm, (B, T, hidden_dim). A loss that applies the head itself
+        (`chunked_caption_loss`) starts from here; see `call`."""
         num_visual = visual_tokens.shape[1] or ops.shape(visual_tokens)[1]
         num_text = token_ids.shape[1] or ops.shape(token_ids)[1]
         x = self.embed(visual_tokens, token_ids)
@@ -171,7 +177,7 @@ class OpenVision2TextDecoder(keras.layers.Layer):
             mask = mask | ops.cast(parallel, "bool")[:, None, None]
         for block in self.transformer_layers:
             x = block(x, attention_mask=mask)
-        return self.logits(x, num_text)
+        return self.decoder_norm(x[:, -num_text:])
 
     def call_with_cache(self, token_ids, cache, cache_update_index, visual_tokens=None):
         """Runs new positions against a KV cache; returns (logits, cache).
