@@ -61,7 +61,9 @@ def chunked_caption_loss(
     fused = _fused_head_loss(weight, step, num_chunks)
     return fused(
         ops.pad(hidden, [[0, 0], [0, pad], [0, 0]]),
-        ops.convert_to_tensor(kernel),
+        # A tensor, not the variable: TensorFlow's eager custom_gradient
+        # refuses a function that reads variables itself.
+        ops.copy(kernel),
         ops.pad(ops.cast(targets, "int32"), [[0, 0], [0, pad]]),
         ops.pad(ops.cast(sample_weight, "float32"), [[0, 0], [0, pad]]),
     )
