@@ -153,9 +153,8 @@ def training_view(captioner, images):
     description and `generate` options (MASKED_VIEW_DRAWS draws, seed 0)."""
     if captioner.keep_ratio >= 1:
         return "every token", {}
-    patch = captioner.backbone.patch_size
-    tokens = (images.shape[1] // patch) * (images.shape[2] // patch)
-    kept = int(tokens * captioner.keep_ratio)
+    tokens = captioner.num_patch_tokens(images)
+    kept = captioner.token_masking.kept_count(tokens)
     view = (f"the training-time view ({kept} of {tokens} tokens, likeliest of "
             f"{MASKED_VIEW_DRAWS} draws)")
     return view, dict(view="masked", draws=MASKED_VIEW_DRAWS, seed=0)

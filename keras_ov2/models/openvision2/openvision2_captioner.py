@@ -242,7 +242,7 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
 
         return explicit
 
-    def _num_patch_tokens(self, images):
+    def num_patch_tokens(self, images):
         """N for images of this (converted) size: VALID patches of the grid."""
         height, width = ops.shape(images)[-3], ops.shape(images)[-2]
         patch = self.backbone.patch_size
@@ -299,7 +299,7 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
         def generate_with_views(x, stop_token_ids=None):
             images = x["images"]
             num_images = ops.shape(images)[0] if len(ops.shape(images)) == 4 else 1
-            indices = views(num_images, self._num_patch_tokens(images))
+            indices = views(num_images, self.num_patch_tokens(images))
             x = {**x, "visual_indices": ops.convert_to_tensor(indices, "int32")}
             return compiled(x, stop_token_ids)
 
@@ -523,7 +523,7 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
                 images[image_ids], [texts[j] for j in columns[start : start + batch_size]]
             )
             if views is not None and indices is None:
-                indices = views(len(images), self._num_patch_tokens(x["images"]))
+                indices = views(len(images), self.num_patch_tokens(x["images"]))
             scores.append(self._score_batch(
                 x, targets, weights, image_ids, length_normalize,
                 None if indices is None else indices[image_ids],
