@@ -151,7 +151,7 @@ the true caption over its near copies.
 `probe_results` extracts the features of both splits (the pooled output
 plus the patch tokens averaged over a 2 x 2 grid, see below), fits one probe
 per task on the training split (standardized features, L2-regularised
-logistic regression by L-BFGS in NumPy, the penalty chosen on a fifth of the
+logistic regression by SciPy's L-BFGS-B, the penalty chosen on a fifth of the
 training split) and scores the test split. `zero_shot_results` scores every
 test image against its prompts.
 """

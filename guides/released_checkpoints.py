@@ -271,31 +271,21 @@ through a two-layer GELU MLP into the language model's embedding space.
 Which layer the OpenVision authors used in their LLaVA runs is not published;
 the penultimate one is LLaVA's default and what this section shows.
 
-`OpenVision2Backbone` is a functional Keras model, so any intermediate
-output is a `keras.Model` away. Each `transformer_layer_{i}` outputs
-(batch, 1 + patches, width), CLS first:
+`OpenVision2Backbone.intermediate_tokens(images, layers=-2)` gives the
+patch tokens after any block (negative indices count from the end;
+`include_class_token=True` keeps CLS first). It runs the encoder's own
+layers, only as deep as asked:
 """
 
-
-def tokens_after_block(encoder, index):
-    """Patch tokens (CLS dropped) after block `index` (negative: from the end)."""
-    index = index % encoder.num_layers
-    block = encoder.get_layer(f"transformer_layer_{index}")
-    return keras.Model(encoder.input, block.output[:, 1:, :],
-                       name=f"tokens_after_block_{index}")
-
-
-vision_tower = tokens_after_block(encoder, -2)
-penultimate = vision_tower(images)
+penultimate = encoder.intermediate_tokens(images, layers=-2)
 print("penultimate patch tokens:", tuple(penultimate.shape))
 
 """
-The same construction on the last block gives exactly `sequence_output`
-(the encoder has no final norm on its tokens), which checks that we read the
-graph right:
+On the last block it gives exactly `sequence_output` (the encoder has no
+final norm on its tokens):
 """
 
-last = keras.ops.convert_to_numpy(tokens_after_block(encoder, -1)(images))
+last = keras.ops.convert_to_numpy(encoder.intermediate_tokens(images, layers=-1))
 print("last block == sequence_output:", np.array_equal(last, ours["sequence_output"]))
 
 """
@@ -307,13 +297,15 @@ at theirs.
 
 Now the LLaVA-1.5 projector ("mlp2x_gelu": Linear, GELU, Linear) into a
 language model's width (4096 for a 7B LLaMA; smaller with small settings),
-with the vision tower frozen as in LLaVA's first stage:
+with the encoder frozen as in LLaVA's first stage. `intermediate_tokens`
+also takes a symbolic `keras.Input`, so the tower is part of one functional
+model that shares the encoder's weights:
 """
 
 llm_width = 256 if SMALL else 4096
-vision_tower.trainable = False
+encoder.trainable = False
 images_in = keras.Input((size, size, 3), name="images")
-visual_tokens = vision_tower(images_in)
+visual_tokens = encoder.intermediate_tokens(images_in, layers=-2)
 x = keras.layers.Dense(llm_width, activation="gelu", name="projector_in")(visual_tokens)
 visual_embeddings = keras.layers.Dense(llm_width, name="projector_out")(x)
 llava_vision = keras.Model(images_in, visual_embeddings, name="llava_vision")

@@ -45,6 +45,7 @@ def encoder_forward(weights, images, patch, heads, num_layers):
     cls = np.broadcast_to(w["class_token/token"], (batch, 1, dim))
     x = np.concatenate([cls, x], axis=1)
     head_dim = dim // heads
+    blocks = []  # (B, 1 + N, D) after each block, CLS first
     for i in range(num_layers):
         p = f"transformer_layer_{i}/"
         h = layer_norm(x, w[p + "attention_norm/gamma"], w[p + "attention_norm/beta"])
@@ -65,11 +66,12 @@ def encoder_forward(weights, images, patch, heads, num_layers):
         h = layer_norm(x, w[p + "mlp_norm/gamma"], w[p + "mlp_norm/beta"])
         h = gelu_exact(h @ w[p + "mlp_intermediate/kernel"] + w[p + "mlp_intermediate/bias"])
         x = x + h @ w[p + "mlp_output/kernel"] + w[p + "mlp_output/bias"]
+        blocks.append(x)
     tokens = x[:, 1:]
     pooled = layer_norm(
         tokens.mean(1), w["encoder_norm/gamma"], w["encoder_norm/beta"]
     )
-    out = {"sequence_output": tokens, "pooled_output": pooled}
+    out = {"sequence_output": tokens, "pooled_output": pooled, "blocks": blocks}
     if "head/kernel" in w:
         out["projected_output"] = pooled @ w["head/kernel"]
     return out

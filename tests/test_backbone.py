@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -61,8 +62,50 @@ class OpenVision2BackboneTest(TestCase):
                 weights, images.astype("float64"), patch=8, heads=4, num_layers=2
             )
             outputs = model(images)
-            for key, value in expected.items():
-                self.assertAllClose(outputs[key], value, atol=1e-5, rtol=1e-5)
+            assert set(outputs) == set(expected) - {"blocks"}
+            for key, value in outputs.items():
+                self.assertAllClose(value, expected[key], atol=1e-5, rtol=1e-5)
+
+    def test_intermediate_tokens_match_a_block_by_block_computation(self):
+        model = OpenVision2Backbone(**{**TINY, "num_layers": 3})
+        randomize(model, seed=1)
+        images = random_images(40)
+        blocks = numpy_reference.encoder_forward(
+            weights_by_path(model), images.astype("float64"), patch=8, heads=4, num_layers=3
+        )["blocks"]
+        penultimate = model.intermediate_tokens(images)  # layers=-2 by default
+        self.assertAllClose(penultimate, blocks[1][:, 1:], atol=1e-5, rtol=1e-5)
+        asked = model.intermediate_tokens(images, layers=[0, -1, 1], include_class_token=True)
+        assert [tuple(t.shape) for t in asked] == [(2, 26, 32)] * 3
+        for tokens, expected in zip(asked, (blocks[0], blocks[2], blocks[1])):
+            self.assertAllClose(tokens, expected, atol=1e-5, rtol=1e-5)
+        # The last block's patch tokens are the backbone's sequence_output.
+        self.assertAllClose(
+            model.intermediate_tokens(images, layers=-1),
+            model(images)["sequence_output"], atol=1e-6,
+        )
+
+    def test_intermediate_tokens_in_a_functional_vision_tower(self):
+        model = OpenVision2Backbone(**TINY)
+        randomize(model, seed=2)
+        images = keras.Input((32, 32, 3))
+        tower = keras.Model(images, model.intermediate_tokens(images, layers=-2))
+        weights = {id(v) for v in tower.weights}
+        # The tower shares the encoder's variables: no second copy of weights.
+        assert weights <= {id(v) for v in model.weights}
+        data = random_images(32)
+        self.assertAllClose(tower(data), model.intermediate_tokens(data, layers=0), atol=1e-6)
+
+    def test_intermediate_tokens_reject_bad_block_indices(self):
+        model = OpenVision2Backbone(**TINY)
+        data = random_images(32)
+        for layers in (2, -3, [0, 5]):
+            with pytest.raises(ValueError, match="2 transformer blocks.*-2 to 1"):
+                model.intermediate_tokens(data, layers=layers)
+        with pytest.raises(ValueError, match="at least one block"):
+            model.intermediate_tokens(data, layers=[])
+        with pytest.raises(TypeError, match="OpenVision2ImageConverter"):
+            model.intermediate_tokens(np.zeros((1, 32, 32, 3), "uint8"))
 
     def test_one_set_of_weights_runs_at_84_and_224_px(self):
         model = OpenVision2Backbone(**{**TINY, "patch_size": 14})

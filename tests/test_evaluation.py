@@ -24,7 +24,7 @@ from keras_ov2.evaluation import synthetic_eval_set
 from keras_ov2.evaluation import zero_shot_predict
 from keras_ov2.evaluation.linear_probe import L2_GRID
 from keras_ov2.evaluation.linear_probe import _objective
-from keras_ov2.evaluation.linear_probe import lbfgs
+from keras_ov2.evaluation.linear_probe import _fit
 
 IMAGE_SIZE = 56  # 4 x 4 patches of 14 px; room for 3 objects per scene
 BATCH = 8  # one batch size for every captioner call: eager JAX compiles each shape
@@ -87,16 +87,38 @@ def test_probe_is_deterministic_and_standardizes():
     assert np.mean(first.predict(x) == y) > 0.95
 
 
-def test_lbfgs_reaches_the_minimum_of_a_regularised_logistic_regression():
+def test_probe_reaches_the_minimum_of_a_regularised_logistic_regression():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(100, 8))
     targets = np.eye(3)[rng.integers(0, 3, 100)]
+    w = _fit(x, targets, 1e-2, multi_label=False)
     fun = _objective(x, targets, 1e-2, multi_label=False)
-    w = lbfgs(fun, np.zeros(9 * 3))
-    loss, grad = fun(w)
-    assert np.max(np.abs(grad)) < 1e-4
+    loss, grad = fun(w.ravel())
+    assert np.max(np.abs(grad)) < 1e-5
     for _ in range(5):  # no nearby point is lower
-        assert fun(w + 1e-3 * rng.normal(size=w.shape))[0] > loss
+        assert fun(w.ravel() + 1e-3 * rng.normal(size=w.size))[0] > loss
+
+
+@pytest.mark.parametrize("l2", [1e-1, 1e-3])
+def test_probe_is_scikit_learns_logistic_regression(l2):
+    """The same multinomial, L2-penalised (bias free), fitted to convergence."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(4)
+    x, y = blobs(rng, 300, num_classes=3)
+    x = (x - x.mean(0)) / x.std(0)
+    params = _fit(x, np.eye(3)[y], l2, multi_label=False)
+    reference = linear_model.LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=10_000)
+    reference.fit(x, y)
+    # A softmax's logits are defined up to a constant per example: compare
+    # them centred over the classes.
+    ours = x @ params[:-1] + params[-1]
+    theirs = reference.decision_function(x)
+    np.testing.assert_allclose(ours - ours.mean(1, keepdims=True),
+                               theirs - theirs.mean(1, keepdims=True), atol=5e-3)
+    objective = _objective(x, np.eye(3)[y], l2, multi_label=False)
+    theirs_params = np.vstack([reference.coef_.T, reference.intercept_])
+    assert objective(params.ravel())[0] == pytest.approx(objective(theirs_params.ravel())[0],
+                                                         rel=1e-6)
 
 
 def test_multi_label_probe_predicts_label_sets():

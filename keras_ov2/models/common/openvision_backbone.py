@@ -1,5 +1,7 @@
 """The OpenVision vision encoder (the same ViT for OpenVision v1 and 2)."""
 
+import numbers
+
 import keras
 import keras_hub
 from keras import ops
@@ -26,6 +28,9 @@ class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
       token.
     - `"projected_output"` (B, projection_dim), only with `projection_dim`:
       the bias-free OpenVision v1 head applied to `pooled_output`.
+
+    `intermediate_tokens(images, layers=-2)` gives the tokens after earlier
+    blocks (LLaVA's penultimate layer) from the same weights.
 
     The position table is recomputed for each input's grid, so one set of
     weights runs at any image size: `image_shape=(None, None, 3)` (default)
@@ -61,6 +66,8 @@ class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
     outputs = encoder(converter(images))
     outputs["sequence_output"]  # (2, 256, 1024): 16 x 16 patch tokens
     outputs["pooled_output"]  # (2, 1024)
+    # LLaVA-1.5's vision tower: patch tokens after the penultimate block.
+    encoder.intermediate_tokens(converter(images), layers=-2)  # (2, 256, 1024)
 
     # A randomly initialised encoder with a custom config.
     encoder = keras_ov2.OpenVision2Backbone(
@@ -153,15 +160,61 @@ class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
         # The functional graph would silently cast uint8 pixels to float:
         # catch raw images here, before that cast.
         for images in keras.tree.flatten(inputs):
-            self.patch_embedding.check_image_shape(tuple(images.shape))
-            dtype = keras.backend.standardize_dtype(images.dtype)
-            if not keras.backend.is_float_dtype(dtype):
-                raise TypeError(
-                    "OpenVision2Backbone expects float images normalised "
-                    f"with the ImageNet mean/std; got dtype {dtype}. Pass "
-                    "raw images through OpenVision2ImageConverter first."
-                )
+            self._check_images(images)
         return super().call(inputs, training=training, mask=mask)
+
+    def _check_images(self, images):
+        self.patch_embedding.check_image_shape(tuple(images.shape))
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if not keras.backend.is_float_dtype(dtype):
+            raise TypeError(
+                "OpenVision2Backbone expects float images normalised "
+                f"with the ImageNet mean/std; got dtype {dtype}. Pass "
+                "raw images through OpenVision2ImageConverter first."
+            )
+
+    def intermediate_tokens(self, images, layers=-2, include_class_token=False):
+        """The tokens after chosen transformer blocks, as vision towers of
+        LLaVA-style models take them (LLaVA-1.5: the penultimate block, -2,
+        patch tokens only).
+
+        Runs this encoder's own layers up to the deepest block asked for (no
+        second model, no wasted blocks); works eagerly and on symbolic
+        `keras.Input`s, so it can be a frozen tower inside a functional model.
+
+        Args:
+            images: normalised float images (B, H, W, 3), as for `call`.
+            layers: a block index or a list of them; negative indices count
+                from the end: -1 is the last block (its patch tokens are
+                `sequence_output`), -2 the penultimate.
+            include_class_token: keep the CLS token first, (B, 1 + N, D);
+                by default only the N patch tokens, (B, N, D).
+
+        Returns:
+            One tensor for an int `layers`, else a list in the order asked.
+        """
+        self._check_images(images)
+        single = isinstance(layers, numbers.Integral)
+        blocks = [self._block_index(i) for i in ([layers] if single else layers)]
+        if not blocks:
+            raise ValueError("`layers` is empty: ask for at least one block index.")
+        x = self.class_token(self.position_embedding(self.patch_embedding(images)))
+        states = []
+        for block in self.transformer_layers[: max(blocks) + 1]:
+            x = block(x)
+            states.append(x if include_class_token else x[:, 1:, :])
+        outputs = [states[i] for i in blocks]
+        return outputs[0] if single else outputs
+
+    def _block_index(self, index):
+        if not isinstance(index, numbers.Integral) or not -self.num_layers <= index < self.num_layers:
+            raise ValueError(
+                f"Block index {index!r} is out of range: this encoder has "
+                f"{self.num_layers} transformer blocks, so indices run from "
+                f"{-self.num_layers} to {self.num_layers - 1} (-1 is the last "
+                "block, -2 LLaVA's penultimate)."
+            )
+        return index % self.num_layers
 
     def get_config(self):
         config = super().get_config()
