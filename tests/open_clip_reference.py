@@ -261,14 +261,20 @@ def randomize(tower, seed):
 def outputs(tower, images):
     import torch
 
+    blocks = []  # what each residual block outputs, (B, 1 + N, D), CLS first
+    hooks = [block.register_forward_hook(lambda module, args, out: blocks.append(out))
+             for block in tower.transformer.resblocks]
     with torch.no_grad():
         projected, tokens = tower(torch.from_numpy(images.transpose(0, 3, 1, 2)))
         pooled = tower.ln_post(tokens.mean(1))
+    for hook in hooks:
+        hook.remove()
     return {
         "images": images,
         "sequence_output": tokens.numpy(),
         "pooled_output": pooled.numpy(),
         "projected_output": projected.numpy(),
+        "penultimate_tokens": blocks[-2][:, 1:].numpy(),  # LLaVA's vision tower
     }
 
 

@@ -47,7 +47,8 @@ def tiny_release():
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_matches_open_clip_vision_transformer(releases, name):
-    """Ti/16@160, B/16@224, reduced-depth L/14@224, So400m/14@384 and Ti/8@160."""
+    """Ti/16@160, B/16@224, reduced-depth L/14@224, So400m/14@384 and Ti/8@160:
+    the outputs, and the penultimate block's patch tokens (LLaVA's)."""
     model, outputs = open_clip_reference.converted_release(releases / name)
     architecture = (model.hidden_dim, model.patch_size, model.num_layers,
                     model.intermediate_dim, model.num_heads)
@@ -58,6 +59,9 @@ def test_matches_open_clip_vision_transformer(releases, name):
         error = np.max(np.abs(actual - reference[key]))
         print(f"{keras.backend.backend()} {name} {key}: max abs difference {error:.2e}")
         np.testing.assert_allclose(actual, reference[key], atol=1e-5, rtol=0)
+    penultimate = model.intermediate_tokens(ops.convert_to_tensor(reference["images"]), -2)
+    np.testing.assert_allclose(ops.convert_to_numpy(penultimate),
+                               reference["penultimate_tokens"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("projection_dim", [None, 16])
