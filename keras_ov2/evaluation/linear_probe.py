@@ -16,7 +16,8 @@ import scipy.optimize
 
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)  # strongest first: ties keep the simpler probe
 MAX_ITERATIONS = 500
-GRADIENT_TOLERANCE = 1e-6  # on the largest gradient entry
+GRADIENT_TOLERANCE = 1e-6  # stop when the largest gradient entry is below it
+RELATIVE_TOLERANCE = 1e-9  # or when a step lowers the loss by less than this fraction
 VALIDATION_FRACTION = 0.2
 DEFAULT_L2 = 1e-2  # when the training set is too small to hold some out
 
@@ -84,7 +85,7 @@ def _fit(x, targets, l2, multi_label, start=None):
     start = np.zeros((d + 1) * k) if start is None else start.ravel()
     result = scipy.optimize.minimize(
         _objective(x, targets, l2, multi_label), start, jac=True, method="L-BFGS-B",
-        options=dict(maxiter=MAX_ITERATIONS, gtol=GRADIENT_TOLERANCE, ftol=1e-12),
+        options=dict(maxiter=MAX_ITERATIONS, gtol=GRADIENT_TOLERANCE, ftol=RELATIVE_TOLERANCE),
     )
     return result.x.reshape(d + 1, k)
 
