@@ -26,6 +26,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "OpenVision2Backbone": MODELS,
     "OpenVision2Captioner": MODELS,
     "OpenVision2CaptionerPreprocessor": MODELS,
+    "OpenVision2ImageClassifier": MODELS,
+    "OpenVision2ImageClassifierPreprocessor": MODELS,
     "OpenVision2ImageConverter": MODELS,
     "OpenVision2TextDecoder": MODELS,
     "OpenVision2Tokenizer": MODELS,

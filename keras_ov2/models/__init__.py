@@ -2,8 +2,9 @@
 
 - `common/`: what both versions use: the ViT encoder (`OpenVision2Backbone`,
   the encoder of OpenVision 2 and of v1 alike), its image converter, the
-  tokenizer, the text-transformer blocks, the caption loss, the authors'
-  optimizer recipe and the layout maps.
+  image classifier that fine-tunes it, the tokenizer, the text-transformer
+  blocks, the caption loss, the authors' optimizer recipe and the layout
+  maps.
 - `openvision2/`: the captioner that pretrains OpenVision 2 (encoder +
   caption decoder, token masking).
 - `openvision1/`: OpenVision v1 (CLIPS): text encoder, caption decoder,
@@ -14,6 +15,10 @@
 from keras_ov2.models import presets
 from keras_ov2.models.common.caption_loss import CaptionLoss
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_image_classifier import OpenVision2ImageClassifier
+from keras_ov2.models.common.openvision_image_classifier_preprocessor import (
+    OpenVision2ImageClassifierPreprocessor,
+)
 from keras_ov2.models.common.openvision_image_converter import OpenVision2ImageConverter
 from keras_ov2.models.common.openvision_tokenizer import OpenVision2Tokenizer
 from keras_ov2.models.openvision1.openvision1_caption_decoder import OpenVision1CaptionDecoder

@@ -1,2 +1,3 @@
-"""What both OpenVision versions use: the ViT encoder, its image converter,
-the tokenizer, text blocks, caption loss, optimizer recipe, layout maps."""
+"""What both OpenVision versions use: the ViT encoder, its image converter
+and classifier, the tokenizer, text blocks, caption loss, optimizer recipe,
+layout maps."""
