@@ -9,6 +9,8 @@
   caption decoder, token masking).
 - `openvision1/`: OpenVision v1 (CLIPS): text encoder, caption decoder,
   dual contrastive + caption loss.
+- `llava/`: a LLaVA-style vision-language model: an OpenVision encoder,
+  a projector and any KerasHub causal language model.
 - `presets.py`: preset loading for all of them.
 """
 
@@ -21,6 +23,12 @@ from keras_ov2.models.common.openvision_image_classifier_preprocessor import (
 )
 from keras_ov2.models.common.openvision_image_converter import OpenVision2ImageConverter
 from keras_ov2.models.common.openvision_tokenizer import OpenVision2Tokenizer
+from keras_ov2.models.llava.llava_backbone import OpenVisionLLaVABackbone
+from keras_ov2.models.llava.llava_causal_lm import OpenVisionLLaVACausalLM
+from keras_ov2.models.llava.llava_causal_lm_preprocessor import (
+    OpenVisionLLaVACausalLMPreprocessor,
+)
+from keras_ov2.models.llava.llava_projector import OpenVisionLLaVAProjector
 from keras_ov2.models.openvision1.openvision1_caption_decoder import OpenVision1CaptionDecoder
 from keras_ov2.models.openvision1.openvision1_clips import OpenVisionCLIPS
 from keras_ov2.models.openvision1.openvision1_preprocessor import OpenVision1Preprocessor
