@@ -85,11 +85,12 @@ def train_ov1(args):
     from keras_ov2.data import make_pretraining_dataset
     from keras_ov2.models import OpenVisionCLIPS
     from keras_ov2.training import Progress
+    from keras_ov2.training.pretrain import DEFAULT_SCENES
 
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
-    # As pretrain(): 100,000 scenes of the seed, batches shuffled by seed + stage 0.
-    source = SyntheticScenes(100_000, image_size=IMAGE_SIZE, seed=args.seed)
+    # As pretrain(): its default scenes of the seed, batches shuffled by seed + stage 0.
+    source = SyntheticScenes(**DEFAULT_SCENES, image_size=IMAGE_SIZE, seed=args.seed)
     model = OpenVisionCLIPS.from_preset(OV1_PRESET, load_weights=False)
     batches = make_pretraining_dataset(source, IMAGE_SIZE, args.batch_size,
                                        caption_field=("short_caption", "caption"),

@@ -72,7 +72,12 @@ def _relation(names, rng):
 
 
 def question_records(scenes, seed=0):
-    """(record index, question dict) for every question of every record of
-    `scenes` (a `SyntheticScenes`), drawn reproducibly from `seed`."""
+    """Every question of every record of `scenes` (a `SyntheticScenes`), one
+    {"image", "type", "question", "answer"} dict each, drawn reproducibly
+    from `seed`."""
     rng = np.random.default_rng(seed)
-    return [(index, q) for index in range(len(scenes)) for q in scene_questions(scenes[index], rng)]
+    rows = []
+    for index in range(len(scenes)):
+        record = scenes[index]
+        rows += [dict(image=record["image"], **q) for q in scene_questions(record, rng)]
+    return rows

@@ -1,0 +1,212 @@
+"""The paper's test at demo scale: a LLaVA-style model on each frozen encoder.
+
+OpenVision 2 judges its encoders inside LLaVA, not by their captions. This
+script does the same with the built-in scenes:
+1. pretrains encoders exactly as `probe_comparison.py` does (same scenes,
+   steps, batch and recipe): OV2 at keep 0.35, OV2 at keep 1.0 and OV1
+   (CLIPS); plus a randomly initialised encoder;
+2. on each, frozen, builds `OpenVisionLLaVACausalLM`: the patch tokens of
+   block -2, LLaVA's `mlp2x_gelu` projector and a small GPT-2 (KerasHub's
+   `GPT2Backbone` from a config, random weights) reading the OpenVision
+   tokenizer's ids; trains projector and language model on one-word-answer
+   questions about training scenes (`keras_ov2.data.scene_questions`:
+   count, colour, shape, size, POPE-style presence, left-of relation);
+3. asks the same kinds of questions about held-out scenes, answers by greedy
+   `generate`, and prints accuracy per question type and encoder beside
+   chance (the most frequent training answer) and the pretraining seconds.
+
+    python benchmarks/vlm_scene_qa.py                      # the defaults below
+    python benchmarks/vlm_scene_qa.py --pretrain-steps 100 --qa-steps 100 --encoders ov2_keep0.35,random
+"""
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+
+from probe_comparison import IMAGE_SIZE
+from probe_comparison import random_encoder
+from probe_comparison import train_ov1
+from probe_comparison import train_ov2
+from step_measure import machine
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+ENCODERS = ("ov2_keep0.35", "ov2_keep1.0", "ov1", "random")
+VISION_LAYER = -2  # LLaVA-1.5's mm_vision_select_layer
+SEQUENCE_LENGTH = 16  # text tokens: [start] question answer [end] fit in 16
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoders", default=",".join(ENCODERS),
+                   help=f"comma-separated, among {', '.join(ENCODERS)}")
+    p.add_argument("--pretrain-steps", type=int, default=600,
+                   help="pretraining steps per encoder (probe_comparison.py's)")
+    p.add_argument("--batch-size", type=int, default=16, help="pretraining batch")
+    p.add_argument("--qa-train", type=int, default=2000, help="training scenes for the VLM")
+    p.add_argument("--qa-test", type=int, default=200, help="held-out scenes asked about")
+    p.add_argument("--qa-steps", type=int, default=600, help="VLM training steps")
+    p.add_argument("--qa-batch-size", type=int, default=32)
+    p.add_argument("--qa-learning-rate", type=float, default=1e-3)
+    p.add_argument("--lm-width", type=int, default=128)
+    p.add_argument("--lm-layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(argv)
+    unknown = set(args.encoders.split(",")) - set(ENCODERS)
+    if unknown:
+        p.error(f"unknown encoders {sorted(unknown)}; known: {', '.join(ENCODERS)}")
+    # What probe_comparison's training functions read.
+    args.steps, args.ov2_caption_field = args.pretrain_steps, None
+    return args
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def qa_set(num_scenes, held_out, seed):
+    """(images uint8 (Q, H, W, 3), questions, answers, types): every
+    question about `num_scenes` scenes of pretrain()'s kind (training or
+    held-out ones), one row each."""
+    import numpy as np
+
+    from keras_ov2.data import SyntheticScenes
+    from keras_ov2.data import question_records
+    from keras_ov2.training.pretrain import DEFAULT_SCENES
+
+    scenes = SyntheticScenes(**{**DEFAULT_SCENES, "num_records": num_scenes},
+                             image_size=IMAGE_SIZE, seed=seed)
+    rows = question_records(scenes.held_out() if held_out else scenes, seed=seed)
+    return (np.stack([r["image"] for r in rows]), [r["question"] for r in rows],
+            [r["answer"] for r in rows], [r["type"] for r in rows])
+
+
+def build_vlm(encoder, args):
+    import keras_hub
+
+    import keras_ov2
+
+    tokenizer = keras_ov2.OpenVision2Tokenizer()
+    patches = (IMAGE_SIZE // encoder.patch_size) ** 2
+    language = keras_hub.models.GPT2Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=args.lm_layers,
+        num_heads=max(1, args.lm_width // 64), hidden_dim=args.lm_width,
+        intermediate_dim=4 * args.lm_width, dropout=0.0,
+        max_sequence_length=patches + SEQUENCE_LENGTH,
+    )
+    backbone = keras_ov2.OpenVisionLLaVABackbone(encoder, language, vision_layer=VISION_LAYER,
+                                                 freeze_vision=True)
+    preprocessor = keras_ov2.OpenVisionLLaVACausalLMPreprocessor(
+        tokenizer, keras_ov2.OpenVision2ImageConverter(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
+        sequence_length=SEQUENCE_LENGTH,
+    )
+    return keras_ov2.OpenVisionLLaVACausalLM(backbone, preprocessor)
+
+
+def train_and_ask(encoder, train, test, args):
+    """Fits a VLM on `train` and returns {type: accuracy} on `test` and the seconds."""
+    import grain
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(args.seed)
+    started = time.perf_counter()
+    model = build_vlm(encoder, args)
+    images, questions, answers, _ = train
+    rows = [{"images": i, "prompts": q, "responses": a} for i, q, a in zip(*train[:3])]
+    # fit maps the preprocessor over the Grain batches.
+    batches = (grain.MapDataset.source(rows).shuffle(seed=args.seed).repeat()
+               .batch(args.qa_batch_size))
+    model.compile(optimizer=keras.optimizers.AdamW(args.qa_learning_rate))
+    model.fit(batches, steps_per_epoch=args.qa_steps, epochs=1, verbose=0)
+    images, questions, answers, types = test
+    replies = []
+    for start in range(0, len(questions), 64):
+        batch = slice(start, start + 64)
+        replies += model.generate(
+            {"images": images[batch], "prompts": questions[batch]},
+            max_length=SEQUENCE_LENGTH, strip_prompt=True)
+    right = collections.defaultdict(list)
+    for kind, answer, reply in zip(types, answers, replies):
+        right[kind].append(reply.strip().split(" ")[0] == answer)
+    accuracy = {kind: float(np.mean(hits)) for kind, hits in right.items()}
+    return accuracy, time.perf_counter() - started, list(zip(questions[:6], replies[:6]))
+
+
+def chance(train, test):
+    """Per type: accuracy of always answering the most frequent training answer."""
+    import numpy as np
+
+    _, _, answers, types = train
+    guess = {kind: collections.Counter(a for a, t in zip(answers, types) if t == kind)
+             .most_common(1)[0][0] for kind in set(types)}
+    _, _, answers, types = test
+    hits = collections.defaultdict(list)
+    for kind, answer in zip(types, answers):
+        hits[kind].append(answer == guess[kind])
+    return {kind: float(np.mean(h)) for kind, h in hits.items()}
+
+
+def format_table(results, base):
+    from keras_ov2.data import QUESTION_TYPES
+
+    names = list(results)
+    lines = [("question", *names, "chance")]
+    for kind in QUESTION_TYPES:
+        lines.append((kind, *(f"{results[n]['accuracy'][kind]:.0%}" for n in names),
+                      f"{base[kind]:.0%}"))
+    lines.append(("pretrain s", *(f"{results[n]['pretrain_seconds']:.0f}" for n in names), ""))
+    lines.append(("VLM s", *(f"{results[n]['vlm_seconds']:.0f}" for n in names), ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    started = time.perf_counter()
+    say(f"machine: {machine()}; keras {keras.__version__}, backend {keras.backend.backend()}")
+    train = qa_set(args.qa_train, held_out=False, seed=args.seed)
+    test = qa_set(args.qa_test, held_out=True, seed=args.seed)
+    say(f"scene questions: {len(train[1])} to train on ({args.qa_train} scenes), "
+        f"{len(test[1])} held out ({args.qa_test} scenes)")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="vlm_scene_qa_") as tmp:
+        for name in args.encoders.split(","):
+            if name == "random":
+                encoder, seconds = random_encoder(args.seed), 0.0
+            elif name == "ov1":
+                encoder, summary = train_ov1(args)
+                seconds = summary["seconds"]
+            else:
+                keep = float(name.removeprefix("ov2_keep"))
+                encoder, summary = train_ov2(args, keep, os.path.join(tmp, name))
+                seconds = summary["seconds"]
+            accuracy, vlm_seconds, examples = train_and_ask(encoder, train, test, args)
+            results[name] = dict(accuracy=accuracy, pretrain_seconds=seconds,
+                                 vlm_seconds=vlm_seconds)
+            say(f"[{name}] VLM trained and asked in {vlm_seconds:.0f} s; e.g. "
+                + "; ".join(f"{q} -> {r!r}" for q, r in examples[:3]))
+    base = chance(train, test)
+    say(f"\nAnswers right on held-out scenes, per question type (encoders pretrained "
+        f"{args.pretrain_steps} steps of {args.batch_size}; VLM {args.qa_steps} steps of "
+        f"{args.qa_batch_size}, encoder frozen, block {VISION_LAYER}):")
+    say(format_table(results, base))
+    total = time.perf_counter() - started
+    say(f"total wall time {total:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), results=results, chance=base,
+                           total_seconds=total), f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
