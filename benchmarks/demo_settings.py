@@ -24,24 +24,29 @@ from step_measure import machine
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 PRESET = "openvision2_captioner_tiny_patch14_84"
-# Each setting changes the demo's defaults in one or more places:
-#   patch_size, attention_mask: the captioner; max_objects, position_grid: the scenes;
+# Each setting changes `ov2 pretrain`'s defaults ("base") in one or more places:
+#   patch_size, attention_mask, encoder_layers, decoder_layers: the captioner;
+#   max_objects, position_grid: the scenes;
 #   learning_rate, keep_ratio, caption_field, batch_size: the run.
 SETTINGS = {
-    "keep1.0": dict(keep_ratio=1.0),
     "base": dict(),
+    "keep1.0": dict(keep_ratio=1.0),
     "lr2e-3": dict(learning_rate=2e-3),
     "prefix": dict(attention_mask="prefix"),
     "patch7": dict(patch_size=7),
-    "patch7_lr2e-3": dict(patch_size=7, learning_rate=2e-3),
-    "objects2": dict(max_objects=2),  # ov2 pretrain's defaults
+    "patch7_prefix": dict(patch_size=7, attention_mask="prefix"),
+    "patch21": dict(patch_size=21),
+    "patch28": dict(patch_size=28),
+    "encoder8": dict(encoder_layers=8),
+    "decoder4": dict(decoder_layers=4),
     "grid6": dict(position_grid=6),
-    "grid6_keep1.0": dict(position_grid=6, keep_ratio=1.0),
-    "grid6_prefix": dict(position_grid=6, attention_mask="prefix"),
-    "objects2_grid6": dict(max_objects=2, position_grid=6),
+    "objects3": dict(max_objects=3),
+    "objects3_lr2e-3": dict(max_objects=3, learning_rate=2e-3),
+    "objects3_grid6": dict(max_objects=3, position_grid=6),
 }
 DEFAULTS = dict(keep_ratio=0.35, learning_rate=5e-4, patch_size=14, attention_mask="causal",
-                max_objects=3, position_grid=12, caption_field="caption", batch_size=16)
+                encoder_layers=4, decoder_layers=2, max_objects=2, position_grid=12,
+                caption_field="caption", batch_size=16)
 
 
 def parse_args(argv=None):
@@ -49,7 +54,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help=f"comma-separated names among {', '.join(SETTINGS)}")
-    p.add_argument("--steps", type=int, default=600, help="training steps per setting")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per setting (ov2 pretrain's)")
     p.add_argument("--caption-field", help="override every setting's caption field")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows to this file")
@@ -65,14 +70,16 @@ def say(*parts):
 
 
 def captioner_folder(setting, folder):
-    """The demo preset with the setting's patch size and decoder mask, saved
-    (random weights) to `folder`."""
+    """The demo preset with the setting's patch size, depths and decoder
+    mask, saved (random weights) to `folder`."""
     from keras_ov2.models.openvision2.openvision2_captioner import OpenVision2Captioner
 
     captioner = OpenVision2Captioner.from_preset(PRESET, load_weights=False)
     config = captioner.get_config()
     config["backbone"]["config"]["patch_size"] = setting["patch_size"]
+    config["backbone"]["config"]["num_layers"] = setting["encoder_layers"]
     config["decoder"]["config"]["attention_mask"] = setting["attention_mask"]
+    config["decoder"]["config"]["num_layers"] = setting["decoder_layers"]
     OpenVision2Captioner.from_config(config).save_to_preset(folder)
     return folder
 
