@@ -20,7 +20,8 @@ from tests.once_per_suite import once_per_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = ROOT / "guides"
-GUIDE_NAMES = ("quickstart", "released_checkpoints", "pretraining", "evaluating_an_encoder")
+GUIDE_NAMES = ("quickstart", "released_checkpoints", "pretraining", "evaluating_an_encoder",
+               "llava_style_model")
 
 spec = importlib.util.spec_from_file_location("make_notebooks", GUIDES / "make_notebooks.py")
 make_notebooks = importlib.util.module_from_spec(spec)
@@ -232,3 +233,46 @@ def test_evaluating_an_encoder_runs(tmp_path):
         ("class", "zero-shot", "preset")]
     assert all(r["num_train"] + r["num_test"] == 24 or r["method"] == "zero-shot"
                for r in folder["results"])
+
+
+@once_per_suite
+def test_llava_style_model_runs(tmp_path):
+    out = run_guide("llava_style_model", tmp_path)
+    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
+        number(r"Held-out loss before training: ([\d.]+)", out)
+    assert "encoder: patch 14, width 128, 4 blocks" in out
+    # Block -2's patch tokens: a 6 x 6 grid at 84 px, width 128.
+    assert "layer -2 tokens: (4, 36, 128)" in out
+    assert "layer -2 tokens with the class token: (4, 37, 128)" in out
+    assert "layer -1 tokens == sequence_output: True" in out
+    # The questions: one of each type per scene, relation for two objects only.
+    types = ["count", "colour", "shape", "size", "presence", "relation"]
+    per_type = {}
+    for split, scenes in (("training", 100), ("test", 20)):
+        found = re.search(rf"\n{split} questions: (\d+), per type (\{{.*\}})", out)
+        per_type[split] = ast.literal_eval(found.group(2))
+        assert list(per_type[split]) == types
+        assert all(per_type[split][kind] == scenes for kind in types[:5])
+        assert 0 < per_type[split]["relation"] < scenes
+        assert int(found.group(1)) == sum(per_type[split].values())
+    # The packed example: the loss on the answer and [eos] only.
+    assert re.search(r"\ninput : \[bos\] how many shapes are there \? \w+ \[eos\] \[PAD\]", out)
+    tokens, weights = re.search(r"\ntarget: (.*)\nweight: (.*)\n", out).groups()
+    weighted = [t for t, w in zip(tokens.split(), weights.split()) if w == "1"]
+    assert tokens.split()[:6] == "how many shapes are there ?".split()
+    assert weighted in (["one", "[eos]"], ["two", "[eos]"])
+    # Both encoders trained (the loss fell), examples asked, the model
+    # reloaded, and the table has a row per type with both encoders and chance.
+    losses = re.findall(r"\ntrained 10 steps of 8 in \d+ s; mean loss per quarter: "
+                        r"([\d.]+), [\d.]+, [\d.]+, ([\d.]+)\n", out)
+    assert len(losses) == 2 and all(float(last) < float(first) for first, last in losses)
+    assert len(re.findall(r"\n(ok|  ) Q: .+ A: .* \(true: \w+\)", out)) == 10
+    assert "reloaded: OpenVisionLLaVACausalLM, same answers: True" in out
+    assert sorted(os.listdir(tmp_path / "ov2_llava")) == [
+        "assets", "config.json", "image_converter.json", "metadata.json", "model.weights.h5",
+        "preprocessor.json", "task.json", "tokenizer.json"]
+    assert "\nquestion    asked  pretrained  random init  chance\n" in out
+    rows = re.findall(r"\n(\w+) +(\d+) +(\d+)% +(\d+)% +(\d+)%(?=\n|$)", out)
+    assert [row[0] for row in rows] == types
+    assert [int(row[1]) for row in rows] == [per_type["test"][kind] for kind in types]
+    assert all(0 <= int(value) <= 100 for row in rows for value in row[2:])
