@@ -118,7 +118,6 @@ def train_and_ask(encoder, train, test, args):
     keras.utils.set_random_seed(args.seed)
     started = time.perf_counter()
     model = build_vlm(encoder, args)
-    images, questions, answers, _ = train
     rows = [{"images": i, "prompts": q, "responses": a} for i, q, a in zip(*train[:3])]
     # fit maps the preprocessor over the Grain batches.
     batches = (grain.MapDataset.source(rows).shuffle(seed=args.seed).repeat()

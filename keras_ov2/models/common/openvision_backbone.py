@@ -15,6 +15,17 @@ from keras_ov2.models.presets import PresetLoading
 from keras_ov2.models.presets import register as register_presets
 
 
+def check_float_images(images, model_name, fix):
+    """Raw (integer) pixels would be cast to float silently by a functional
+    graph: refuse them, naming the model and `fix`."""
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if not keras.backend.is_float_dtype(dtype):
+        raise TypeError(
+            f"{model_name} expects float images normalised with the ImageNet "
+            f"mean/std; got dtype {dtype}. {fix}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_ov2")
 class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
     """ViT encoder: patch conv (no bias) + CLS + fixed 2-D sin-cos positions,
@@ -165,13 +176,8 @@ class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
 
     def _check_images(self, images):
         self.patch_embedding.check_image_shape(tuple(images.shape))
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if not keras.backend.is_float_dtype(dtype):
-            raise TypeError(
-                "OpenVision2Backbone expects float images normalised "
-                f"with the ImageNet mean/std; got dtype {dtype}. Pass "
-                "raw images through OpenVision2ImageConverter first."
-            )
+        check_float_images(images, "OpenVision2Backbone",
+                           "Pass raw images through OpenVision2ImageConverter first.")
 
     def intermediate_tokens(self, images, layers=-2, include_class_token=False):
         """The tokens after chosen transformer blocks, as vision towers of

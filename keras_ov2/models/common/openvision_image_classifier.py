@@ -5,6 +5,7 @@ import keras_hub
 from keras import ops
 
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.models.common.openvision_backbone import check_float_images
 from keras_ov2.models.common.openvision_image_classifier_preprocessor import (
     OpenVision2ImageClassifierPreprocessor,
 )
@@ -164,15 +165,12 @@ class OpenVision2ImageClassifier(PresetLoading, keras_hub.models.ImageClassifier
     def call(self, inputs, training=None, mask=None):
         # The functional graph would silently cast uint8 pixels to float
         # before the backbone's own check sees them.
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        if not keras.backend.is_float_dtype(dtype):
-            raise TypeError(
-                f"{type(self).__name__} expects float images normalised with "
-                f"the ImageNet mean/std; got dtype {dtype}. `fit`, `predict` "
-                "and `evaluate` preprocess raw images with the attached "
-                "preprocessor; when calling the model, pass them through "
-                "OpenVision2ImageClassifierPreprocessor first."
-            )
+        check_float_images(
+            inputs, type(self).__name__,
+            "`fit`, `predict` and `evaluate` preprocess raw images with the "
+            "attached preprocessor; when calling the model, pass them through "
+            "OpenVision2ImageClassifierPreprocessor first.",
+        )
         return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
