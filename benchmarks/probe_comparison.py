@@ -61,7 +61,9 @@ def say(*parts):
     print(*parts, flush=True)
 
 
-def train_ov2(args, keep_ratio, folder):
+def train_ov2(args, keep_ratio, folder, report=True):
+    """`pretrain()` of the OV2 preset; `report=False` skips its held-out
+    measures (and `summary` has no "loss_before", "loss_after", "exact_match")."""
     from keras_ov2.training import Stage
     from keras_ov2.training import load_captioner
     from keras_ov2.training import pretrain
@@ -69,12 +71,13 @@ def train_ov2(args, keep_ratio, folder):
     result = pretrain(OV2_PRESET, stages=(Stage(IMAGE_SIZE, args.steps, args.batch_size),),
                       keep_ratio=keep_ratio, output_dir=folder, seed=args.seed,
                       caption_field=args.ov2_caption_field, learning_rate=LEARNING_RATE,
-                      print_fn=functools.partial(say, f"[OV2 keep {keep_ratio:g}]"))
-    train_seconds = result["seconds"]
-    summary = dict(seconds=train_seconds, final_loss=result["losses"][-1][2],
-                   loss_before=result["loss_before"], loss_after=result["loss_after"],
-                   objective=f"caption ({result['caption_field']})",
-                   exact_match=result["exact_match"])
+                      print_fn=functools.partial(say, f"[OV2 keep {keep_ratio:g}]"),
+                      report=report)
+    summary = dict(seconds=result["seconds"], final_loss=result["losses"][-1][2],
+                   objective=f"caption ({result['caption_field']})")
+    if report:
+        summary.update((key, result[key]) for key in ("loss_before", "loss_after",
+                                                      "exact_match"))
     return load_captioner(folder).backbone, summary
 
 

@@ -203,26 +203,23 @@ weights: it learns the language of the questions from the training data
 alone, which is easy here.
 
 Its tokenizer is the OpenVision one (`OpenVision2Tokenizer`: lowercase
-WordPiece, the vocabulary of the captioner's decoder), given only the
-word-pieces the questions and answers use. A language model's vocabulary is
+WordPiece, the vocabulary of the captioner's decoder), cut down to the
+word-pieces the questions and answers use (`OpenVision2Tokenizer.for_texts`:
+the same splits, fewer rows). A language model's vocabulary is
 also its output layer: with the full 30,522 entries, that layer would cost
 about four fifths of every training step of this tiny model, to tell apart
-words that never occur. (`keras_ov2.OpenVision2Tokenizer()`, without a
-vocabulary, gives the full one; `benchmarks/vlm_scene_qa.py` trains with it.)
+words that never occur. (`keras_ov2.OpenVision2Tokenizer()` gives the full
+one.)
 GPT-2 embeds positions with a learned table, so its `max_sequence_length`
 must hold the image tokens and the text.
 """
 
-full_vocabulary = keras_ov2.OpenVision2Tokenizer()
-pieces = sorted({
-    full_vocabulary.id_to_token(int(i))
-    for row in train_rows
-    for i in full_vocabulary.tokenize(row["question"] + " " + row["answer"])
-} | {answer for answers in QUESTION_TYPES.values() for answer in answers})
-tokenizer = keras_ov2.OpenVision2Tokenizer(
-    vocabulary=["[PAD]", "[bos]", "[eos]", "[UNK]", "[CLS]", *pieces]
+tokenizer = keras_ov2.OpenVision2Tokenizer.for_texts(
+    [row["question"] + " " + row["answer"] for row in train_rows]
+    + [answer for answers in QUESTION_TYPES.values() for answer in answers]
 )
-print(f"vocabulary: {tokenizer.vocabulary_size()} entries:", " ".join(pieces))
+print(f"vocabulary: {tokenizer.vocabulary_size()} entries:",
+      " ".join(tokenizer.get_vocabulary()[5:]))  # after [PAD] [bos] [eos] [UNK] [CLS]
 
 NUM_IMAGE_TOKENS = (IMAGE_SIZE // encoder.patch_size) ** 2
 SEQUENCE_LENGTH = 16  # text positions: [start] question answer [end], padded

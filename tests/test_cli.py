@@ -187,9 +187,11 @@ def test_pretrain_on_a_data_folder_skips_and_reports_bad_records(tiny_preset, im
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         cli.main(["pretrain", "--preset", str(tiny_preset), "--data", str(folder),
-                  "--stages", f"{IMAGE_SIZE}:4:3", "--output", str(tmp_path / "out")])
+                  "--stages", f"{IMAGE_SIZE}:4:3", "--output", str(tmp_path / "out"),
+                  "--no-report"])
     out = printed.getvalue()
     assert "bad records" in out and "missing_image" in out and "missing_caption" in out
+    assert "Held-out loss" not in out  # --no-report: trained and saved, not measured
     # On the user's data the authors' keep ratio is the default.
     assert "keep ratio 0.35, " in out
     assert keras_ov2.OpenVision2Captioner.from_preset(str(tmp_path / "out")).keep_ratio == 0.35

@@ -217,10 +217,14 @@ def test_training_on_from_a_saved_preset_masks_as_the_run_says(tmp_path):
     never silently the saved one."""
     scenes = SyntheticScenes(40, image_size=56)
     records = [scenes[i] for i in range(len(scenes))]  # a source that recommends nothing
-    first = tmp_path / "first"
-    pretrain(tiny_preset(tmp_path / "tiny"), dataset=records, stages=[Stage(56, 2, 4)],
-             keep_ratio=1.0, output_dir=first, print_fn=print, sequence_length=16)
+    first, printed = tmp_path / "first", []
+    result = pretrain(tiny_preset(tmp_path / "tiny"), dataset=records, stages=[Stage(56, 2, 4)],
+                      keep_ratio=1.0, output_dir=first, print_fn=printed.append,
+                      sequence_length=16, report=False)
     assert keras_ov2.OpenVision2Captioner.from_preset(str(first)).keep_ratio == 1.0
+    # Without the report: trained and saved, nothing measured.
+    assert set(result) == {"losses", "keep_ratio", "caption_field", "output_dir", "seconds"}
+    assert not [line for line in printed if "Held-out" in line]
     printed = []
     pretrain(str(first), dataset=records, stages=[Stage(56, 2, 4)],
              output_dir=tmp_path / "second", print_fn=printed.append, sequence_length=16)

@@ -73,6 +73,23 @@ class OpenVision2TokenizerTest(TestCase):
         expected = reference.tokenize(CAPTIONS).merge_dims(-2, -1).to_list()
         self.assertEqual(self.tokenizer.tokenize(CAPTIONS), expected)
 
+    def test_for_texts_keeps_only_their_pieces_and_splits_alike(self):
+        small = OpenVision2Tokenizer.for_texts(CAPTIONS)
+        full = self.tokenizer
+
+        def pieces(tokenizer, text):
+            return [tokenizer.id_to_token(int(i)) for i in tokenizer.tokenize(text)]
+
+        used = {p for text in CAPTIONS for p in pieces(full, text)}
+        self.assertEqual(small.vocabulary_size(), len(used | {"[PAD]", "[bos]", "[eos]",
+                                                              "[UNK]", "[CLS]"}))
+        for text in CAPTIONS:
+            self.assertEqual(pieces(small, text), pieces(full, text))
+        self.assertEqual((small.pad_token_id, small.start_token_id, small.end_token_id),
+                         (0, 1, 2))
+        # A word the texts never used is unknown, not split into other pieces.
+        self.assertEqual(pieces(small, "giraffe"), ["[UNK]"])
+
     def test_preprocessing_layer_paths_agree(self):
         inputs = ["a small red circle", "the quick brown fox"]
         expected = [[self.vocabulary.index(w) for w in s.split()] for s in inputs]

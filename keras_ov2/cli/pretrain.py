@@ -72,6 +72,9 @@ def add_pretrain_parser(commands):
                    '{"data": N, "model": M} (JAX; default: one device); batch sizes are global')
     p.add_argument("--layout", choices=("data", "fsdp", "tensor"),
                    help="how the mesh splits the model (default data: replicated)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip measuring the run (held-out loss, sample captions, encoder "
+                   "probes) and only save the weights")
     p.add_argument("--checkpoint-dir", help="save checkpoints there, and resume from the "
                    "latest one found there")
     p.add_argument("--checkpoint-every", type=int,
@@ -127,7 +130,8 @@ def run_pretrain(args):
     if args.mesh is not None or args.layout is not None:
         check_mesh(args.mesh, args.layout, preset)
     try:
-        pretrain(preset=preset, dataset=dataset, output_dir=args.output, **options)
+        pretrain(preset=preset, dataset=dataset, output_dir=args.output, report=args.report,
+                 **options)
     except KeyError as error:  # a caption field the records do not have
         raise CliError(error.args[0]) from None
     except CheckpointError as error:

@@ -174,6 +174,7 @@ def pretrain(
     checkpoint_every=None,
     keep_checkpoints=3,
     callbacks=(),
+    report=True,
 ):
     """Pretrains a captioner preset stage by stage, saves it to `output_dir`.
 
@@ -200,7 +201,9 @@ def pretrain(
     `keras_ov2.training.checkpoint`), and resume from the latest checkpoint
     found there: weights, optimizer, stage, step, data order and masking
     randomness, so the run goes on as if never stopped. `callbacks`: more
-    Keras callbacks for every stage's `fit`.
+    Keras callbacks for every stage's `fit`. `report=False` skips measuring
+    the run (held-out losses, generated captions, encoder probes: minutes on
+    a CPU), for runs that only want the weights.
 
     Returns a dict: "losses" [(stage, step, loss)], "keep_ratio" and
     "caption_field" (as applied), "loss_before", "loss_after", "samples"
@@ -214,7 +217,8 @@ def pretrain(
     "attribute_accuracy_all_tokens" (the same from every token);
     "encoder_probes" on the built-in scenes (linear probes of the encoder
     against a random one, see `report.encoder_report`); "output_dir",
-    "seconds".
+    "seconds". Without a report, only "losses", "keep_ratio",
+    "caption_field", "output_dir" and "seconds".
     """
     print_fn = print_fn or functools.partial(print, flush=True)
     started = time.perf_counter()
@@ -226,11 +230,12 @@ def pretrain(
                                   **DEFAULT_SCENES)
     data = DataOptions.resolve(dataset, keep_ratio, augment, caption_field)
     print_fn(data.describe())
-    training, held_out = split_held_out(dataset, HELD_OUT_SIZE)
+    training, held_out_records = split_held_out(dataset, HELD_OUT_SIZE)
     if len(training) < len(dataset):
-        print_fn(f"Held out: the last {len(held_out)} of {len(dataset)} records, never trained on.")
-    report = HeldOutReport(held_out, data.caption_field, stages[-1].image_size, num_samples,
-                           print_fn)
+        print_fn(f"Held out: the last {len(held_out_records)} of {len(dataset)} records, "
+                 "never trained on.")
+    held_out = HeldOutReport(held_out_records, data.caption_field, stages[-1].image_size,
+                             num_samples, print_fn)
 
     keras.utils.set_random_seed(seed)
     setup = setup_training(preset, mesh, layout, keep_ratio=data.keep_ratio)
@@ -241,12 +246,13 @@ def pretrain(
         if captioner.preprocessor is None:
             raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
         if sequence_length is None:
-            sample = report.held_out.captions + known_captions(training, data.caption_field, 256)
+            sample = held_out.held_out.captions + known_captions(training, data.caption_field, 256)
             sequence_length = fitted_length(captioner.preprocessor, sample)
         captioner.preprocessor.sequence_length = sequence_length
 
         captioner.compile(learning_rate=learning_rate, total_steps=1)
-        report.before(captioner)
+        if report:
+            held_out.before(captioner)
         run = dict(stages=[dataclasses.asdict(s) for s in stages], seed=seed,
                    keep_ratio=data.keep_ratio, caption_field=data.caption_field,
                    learning_rate=learning_rate, sequence_length=sequence_length,
@@ -287,8 +293,8 @@ def pretrain(
             if ds.skipped.total:
                 print_fn(f"{label} bad records {ds.skipped.summary()}")
 
-        measured = report.after(captioner)
-        if isinstance(dataset, SyntheticScenes):  # the only source with probe labels
+        measured = held_out.after(captioner) if report else {}
+        if report and isinstance(dataset, SyntheticScenes):  # the only source with probe labels
             measured["encoder_probes"] = encoder_report(captioner, dataset, seed, print_fn)
         output_dir = Path(output_dir)
         captioner.compile(learning_rate=learning_rate)  # a fresh optimizer: not saved

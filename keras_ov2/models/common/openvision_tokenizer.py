@@ -64,3 +64,16 @@ class OpenVision2Tokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         kwargs.setdefault("lowercase", True)
         kwargs.setdefault("strip_accents", True)
         super().__init__(vocabulary=vocabulary, **kwargs)
+
+    @classmethod
+    def for_texts(cls, texts, **kwargs):
+        """A tokenizer holding only the word-pieces `texts` split into (plus
+        the special tokens), for a small model trained from scratch on a
+        closed set of texts: its embedding and output layer then have tens of
+        rows instead of 30,522. The texts split into the same word-pieces as
+        with the full vocabulary (greedy longest match finds the same pieces);
+        their ids differ."""
+        full = cls(**kwargs)
+        specials = ["[PAD]", "[bos]", "[eos]", "[UNK]", "[CLS]"]
+        pieces = {full.id_to_token(int(i)) for ids in full.tokenize(list(texts)) for i in ids}
+        return cls(vocabulary=specials + sorted(pieces - set(specials)), **kwargs)
