@@ -39,8 +39,8 @@ def tiny_preprocessor(seed=0):
     )
 
 
-def tiny_clips(width=32, decoder_layers=1, preprocessor=True, **kwargs):
-    vocabulary = len(VOCABULARY)
+def tiny_clips(width=32, decoder_layers=1, preprocessor=True, vocabulary=len(VOCABULARY),
+               **kwargs):
     backbone = keras_ov2.OpenVision2Backbone(
         patch_size=14, hidden_dim=width, num_layers=1, num_heads=2,
         intermediate_dim=2 * width, projection_dim=width,

@@ -112,6 +112,7 @@ def check_mesh(mesh, layout, preset):
 def run_pretrain(args):
     import keras
 
+    from keras_ov2.distribution import LayoutError
     from keras_ov2.training import DEFAULT_PRESET
     from keras_ov2.training import CheckpointError
     from keras_ov2.training import pretrain
@@ -136,3 +137,5 @@ def run_pretrain(args):
         raise CliError(error.args[0]) from None
     except CheckpointError as error:
         raise CliError(f"--checkpoint-dir {args.checkpoint_dir}: {error}") from None
+    except LayoutError as error:  # a dimension the mesh does not divide
+        raise CliError(f"--mesh {args.mesh} --layout {args.layout or 'data'}: {error}") from None

@@ -4,6 +4,7 @@ import math
 
 import keras
 
+from keras_ov2.distribution.checked_model_parallel import CheckedModelParallel
 from keras_ov2.models.common.layouts import DATA
 from keras_ov2.models.common.layouts import MODEL
 from keras_ov2.models.common.layouts import MODES
@@ -33,12 +34,14 @@ def make_distribution(mesh=None, mode="data", model=None):
         mesh: `{"data": n}` or `{"data": n, "model": m}`, with n * m the
             number of devices; None puts every device on "data".
         mode: `"data"` (`DataParallel`), `"fsdp"` or `"tensor"`
-            (`ModelParallel` splitting the batch over "data"); see
-            `keras_ov2.models.common.layouts`.
+            (`CheckedModelParallel` splitting the batch over "data"); see
+            `keras_ov2.models.common.layouts`. A split dimension that its
+            mesh axis does not divide is a `LayoutError` naming the
+            variable, raised when the model is built in the scope.
         model: what "fsdp" and "tensor" lay out, before it exists: a preset
             name or folder (its task, e.g. the captioner, when it has one,
             else its backbone), or a serialized model
-            (`keras.saving.serialize_keras_object(model)`) of a class with
+            (`keras.saving.serialize_keras_object(model)`), of a class with
             `get_layout_map`.
     """
     if keras.backend.backend() != "jax":
@@ -77,8 +80,10 @@ def make_distribution(mesh=None, mode="data", model=None):
     model_class = keras.saving.get_registered_object(serialized["registered_name"])
     if not hasattr(model_class, "get_layout_map"):
         raise ValueError(f"{serialized['registered_name']} has no get_layout_map.")
-    layout_map = model_class.get_layout_map(device_mesh, serialized["config"], mode=mode)
-    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name=DATA)
+    layout_map = model_class.get_layout_map(
+        device_mesh, model_parallel_dim_name=MODEL, data_parallel_dim_name=DATA, mode=mode
+    )
+    return CheckedModelParallel(layout_map=layout_map, batch_dim_name=DATA)
 
 
 def mesh_sizes(mesh, device_count):

@@ -1,32 +1,35 @@
-"""Layout maps for `keras.distribution`: which mesh axis splits which
-dimension of each large kernel and embedding of the encoder and decoder.
+"""Layout maps for `keras.distribution`, KerasHub-style: regexes over
+variable paths, each mapped to the mesh axes of its variable's dimensions.
 
-Modes (mesh axes are named "data" and "model"):
+Which dimension an axis splits follows the variable's role, not its size:
 
-- `"data"`: every variable replicated; only the batch is split
-  (`keras.distribution.DataParallel`).
-- `"fsdp"`: each kernel and embedding is split over "data" on its largest
-  dimension that the axis divides (the first of equal ones), so parameters,
+- column-parallel Dense kernels `(in, out)` (q/k/v, MLP intermediate, the
+  heads: the decoders' vocabulary heads and the v1 projection heads) split
+  `out` over the model axis and `in` over the data axis;
+- row-parallel Dense kernels (attention output, MLP output) split `in` over
+  the model axis and `out` over the data axis, so a block needs one
+  reduction per half (Megatron);
+- token embeddings `(vocabulary, width)` split the vocabulary over the model
+  axis and the width over the data axis (KerasHub's Gemma convention);
+- input projections (the patch embedding, the decoders' visual, image and
+  text projections) split only their output width, over the data axis.
+
+Biases, norms, position tables, the CLS token and learned queries are
+replicated (they match no pattern).
+
+Modes:
+
+- `"data"`: every variable replicated; only the batch is split.
+- `"fsdp"`: the data-axis dimensions above are split, so parameters,
   gradients and optimizer state are spread over the data-parallel devices
-  and XLA gathers them for the compute (FSDP / ZeRO-3). A variable with no
-  such dimension stays replicated, with a warning. On a mesh whose "model"
-  axis is larger than 1, the tensor-parallel dimensions below are split over
-  "model" first (2-D sharding).
-- `"tensor"`: Megatron-style over "model": q/k/v and MLP-intermediate
-  kernels on their output dimension, attention-output and MLP-output kernels
-  on their input dimension (so a block needs one reduction per half), the
-  decoder's token embedding and vocabulary head on the vocabulary. The patch
-  embedding, visual projection and the v1 head are small and stay replicated.
-  Dimensions and attention heads must divide the axis.
+  and XLA gathers them for the compute (FSDP / ZeRO-3); when the mesh has
+  the model axis too, its dimensions are split as well (2-D sharding).
+- `"tensor"`: only the model-axis dimensions are split (Megatron-style).
 
-Biases, norms and the CLS token are always replicated. Shapes come from the
-model's config, not from a built model: Keras lays a variable out when it
-creates it, so the map must exist before the model does.
+A split dimension must divide its mesh axis; the map cannot check that (it
+knows no shapes), so `keras_ov2.distribution.CheckedModelParallel` does, as
+Keras creates each variable.
 """
-
-import dataclasses
-import re
-import warnings
 
 import keras
 
@@ -34,129 +37,104 @@ DATA = "data"
 MODEL = "model"
 MODES = ("data", "fsdp", "tensor")
 
+# A role: what each dimension of the variable is split over, if anything.
+COLUMN = (DATA, MODEL)
+ROW = (MODEL, DATA)
+EMBEDDING = (MODEL, DATA)
+INPUT_PROJECTION = (None, DATA)
+PATCH_EMBEDDING = (None, None, None, DATA)
 
-@dataclasses.dataclass(frozen=True)
-class Shardable:
-    """A variable that may be split. `path` as in `variable.path`, with `*`
-    for a layer index; `None` in `shape` is a size the config does not give
-    (never split); `tensor_dim` is split over "model"; `num_heads` are laid
-    along `tensor_dim` and must divide the axis too."""
+ANY_PREFIX = r"(?:.+/)?"  # a nested layer's path starts with its name
+BLOCK = ANY_PREFIX + r"transformer_layer_\d+/"
+TRANSFORMER = {
+    BLOCK + "attention/(?:query|key|value)/kernel": COLUMN,
+    BLOCK + "attention/output/kernel": ROW,
+    BLOCK + "mlp_intermediate/kernel": COLUMN,
+    BLOCK + "mlp_output/kernel": ROW,
+}
+HEAD = {ANY_PREFIX + "head/kernel": COLUMN}
+TOKEN_EMBEDDING = {ANY_PREFIX + "token_embedding/embeddings": EMBEDDING}
 
-    path: str
-    shape: tuple
-    tensor_dim: int | None = None
-    num_heads: int | None = None
-
-    @property
-    def pattern(self):
-        return re.escape(self.path).replace(r"\*", r"\d+")
-
-
-def transformer_variables(prefix, hidden_dim, intermediate_dim, num_heads):
-    """The kernels of every `TransformerBlock` under `prefix`."""
-    d, i, block = hidden_dim, intermediate_dim, f"{prefix}transformer_layer_*/"
-    return [
-        *(
-            Shardable(f"{block}attention/{name}/kernel", (d, d), 1, num_heads)
-            for name in ("query", "key", "value")
-        ),
-        Shardable(f"{block}attention/output/kernel", (d, d), 0, num_heads),
-        Shardable(f"{block}mlp_intermediate/kernel", (d, i), 1),
-        Shardable(f"{block}mlp_output/kernel", (i, d), 0),
-    ]
-
-
-def backbone_variables(config):
-    """`config`: `OpenVision2Backbone.get_config()`. Its variable paths have
-    no prefix, alone or inside a captioner."""
-    d, patch = config["hidden_dim"], config["patch_size"]
-    variables = [
-        Shardable("patch_embedding/kernel", (patch, patch, 3, d)),
-        *transformer_variables("", d, config["intermediate_dim"], config["num_heads"]),
-    ]
-    if config.get("projection_dim"):
-        variables.append(Shardable("head/kernel", (d, config["projection_dim"])))
-    return variables
+# The patterns of each model. They can be merged: a key shared by two
+# models (the blocks, the head) gives the same role in both.
+BACKBONE = {
+    ANY_PREFIX + "patch_embedding/kernel": PATCH_EMBEDDING,
+    **TRANSFORMER,
+    **HEAD,
+}
+TEXT_DECODER = {
+    **TOKEN_EMBEDDING,
+    ANY_PREFIX + "visual_projection/kernel": INPUT_PROJECTION,
+    **TRANSFORMER,
+    **HEAD,
+}
+CAPTIONER = {**BACKBONE, **TEXT_DECODER}
+V1_TEXT_ENCODER = {**TOKEN_EMBEDDING, **TRANSFORMER, **HEAD}
+V1_CAPTION_DECODER = {
+    ANY_PREFIX + "(?:image|text)_projection/kernel": INPUT_PROJECTION,
+    **TRANSFORMER,
+    **HEAD,
+}
+CLIPS = {**BACKBONE, **V1_TEXT_ENCODER, **V1_CAPTION_DECODER}
 
 
-def decoder_variables(config, visual_dim=None):
-    """`config`: `OpenVision2TextDecoder.get_config()`; its paths start with
-    the decoder's name. `visual_dim`: width of the visual tokens (the
-    encoder's `hidden_dim`), which only a built decoder knows."""
-    prefix, d = f"{config['name']}/", config["hidden_dim"]
-    vocabulary = config["vocabulary_size"]
-    return [
-        Shardable(f"{prefix}token_embedding/embeddings", (vocabulary, d), 0),
-        Shardable(f"{prefix}visual_projection/kernel", (visual_dim, d)),
-        *transformer_variables(prefix, d, config["intermediate_dim"], config["num_heads"]),
-        Shardable(f"{prefix}head/kernel", (d, vocabulary), 1),
-    ]
+def layout_map_method(roles):
+    """The `get_layout_map` staticmethod of a model whose variables
+    `roles` (one of the dicts above) lays out."""
+
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+        mode="fsdp",
+    ):
+        """A `keras.distribution.LayoutMap` of this model's kernels and
+        embeddings, KerasHub's way: regexes over variable paths, no config.
+
+        Use it with `keras.distribution.ModelParallel(layout_map=...,
+        batch_dim_name=data_parallel_dim_name)` (or
+        `keras_ov2.distribution.CheckedModelParallel`, which names a
+        variable whose split dimension does not divide its mesh axis) and
+        build the model inside the distribution's scope.
+
+        Args:
+            device_mesh: a `keras.distribution.DeviceMesh`.
+            model_parallel_dim_name: the mesh axis of tensor parallelism;
+                "fsdp" uses it when the mesh has it.
+            data_parallel_dim_name: the mesh axis of the batch, which
+                "fsdp" also splits the weights over.
+            mode: "fsdp" (default), "tensor" or "data"; see
+                `keras_ov2.models.common.layouts`.
+        """
+        return make_layout_map(
+            roles, device_mesh, model_parallel_dim_name, data_parallel_dim_name, mode
+        )
+
+    return staticmethod(get_layout_map)
 
 
-def captioner_variables(config):
-    """`config`: `OpenVision2Captioner.get_config()` (encoder and decoder
-    serialized inside it, as in a preset's task.json)."""
-    backbone = config["backbone"]["config"]
-    decoder = config["decoder"]["config"]
-    return backbone_variables(backbone) + decoder_variables(decoder, backbone["hidden_dim"])
-
-
-def make_layout_map(device_mesh, mode, variables):
-    """A `keras.distribution.LayoutMap` placing `variables` for `mode`.
-
-    Raises a ValueError naming the variable, its shape, the dimension and
-    the axis size when a dimension (or the heads) must be split over an axis
-    that does not divide it.
-    """
+def make_layout_map(
+    roles, device_mesh, model_parallel_dim_name, data_parallel_dim_name, mode
+):
+    """A `keras.distribution.LayoutMap` giving each pattern of `roles` the
+    axes its role and `mode` split (see the module docstring). The model
+    axis may be absent from the mesh in "fsdp" (1-D FSDP), the data axis in
+    "tensor"."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
-    sizes = dict(zip(device_mesh.axis_names, device_mesh.shape))
-    needed = {"fsdp": DATA, "tensor": MODEL}.get(mode)
-    if needed and needed not in sizes:
+    names = tuple(device_mesh.axis_names)
+    needed = {"fsdp": data_parallel_dim_name, "tensor": model_parallel_dim_name}.get(mode)
+    if needed is not None and needed not in names:
         raise ValueError(
             f"mode {mode!r} needs a {needed!r} axis in the device mesh; its "
-            f"axes are {tuple(device_mesh.axis_names)}."
+            f"axes are {names}."
         )
+    axes = {
+        MODEL: model_parallel_dim_name if mode != "data" and model_parallel_dim_name in names
+        else None,
+        DATA: data_parallel_dim_name if mode == "fsdp" else None,
+    }
     layout_map = keras.distribution.LayoutMap(device_mesh)
-    for variable in variables:
-        layout_map[variable.pattern] = variable_axes(variable, mode, sizes)
+    for pattern, role in roles.items():
+        layout_map[pattern] = tuple(axes.get(kind) for kind in role)
     return layout_map
-
-
-def variable_axes(variable, mode, sizes):
-    """The mesh axis (or None) for each dimension of `variable`."""
-    shape, axes = variable.shape, [None] * len(variable.shape)
-    model = sizes.get(MODEL, 1)
-    if mode != "data" and variable.tensor_dim is not None and model > 1:
-        check_divides(variable, variable.tensor_dim, model)
-        axes[variable.tensor_dim] = MODEL
-    if mode == "fsdp":
-        data = sizes[DATA]
-        dims = [i for i, size in enumerate(shape)
-                if axes[i] is None and size and size % data == 0]
-        if dims:
-            axes[max(dims, key=lambda i: shape[i])] = DATA
-        else:
-            warnings.warn(
-                f"fsdp: {variable.path} of shape {shape} stays replicated: no "
-                f"dimension is divisible by the {data}-way {DATA!r} axis.",
-                stacklevel=3,
-            )
-    return tuple(axes)
-
-
-def check_divides(variable, dim, axis_size):
-    where = (
-        f"Cannot split {variable.path} of shape {variable.shape} over the "
-        f"{axis_size}-way {MODEL!r} mesh axis"
-    )
-    if variable.shape[dim] % axis_size:
-        raise ValueError(
-            f"{where}: dimension {dim} (size {variable.shape[dim]}) is not "
-            f"divisible by {axis_size}."
-        )
-    if variable.num_heads and variable.num_heads % axis_size:
-        raise ValueError(
-            f"{where}: its num_heads={variable.num_heads} attention heads "
-            f"(along dimension {dim}) are not divisible by {axis_size}."
-        )

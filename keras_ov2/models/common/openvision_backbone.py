@@ -236,15 +236,7 @@ class OpenVision2Backbone(PresetLoading, keras_hub.models.Backbone):
         )
         return config
 
-    @staticmethod
-    def get_layout_map(device_mesh, config, mode="fsdp"):
-        """A `keras.distribution.LayoutMap` of this encoder for `mode`
-        ("data", "fsdp" or "tensor"; see `keras_ov2.models.common.layouts`).
-        `config` is the encoder's `get_config()`: the map must exist before
-        the model, which is built inside the distribution's scope.
-        """
-        variables = layouts.backbone_variables(config)
-        return layouts.make_layout_map(device_mesh, mode, variables)
+    get_layout_map = layouts.layout_map_method(layouts.BACKBONE)
 
 
 register_presets(OpenVision2Backbone)

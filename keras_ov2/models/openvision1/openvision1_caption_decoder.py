@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ov2 import variants
+from keras_ov2.models.common import layouts
 from keras_ov2.models.common.text_transformer import decoder_attention_mask
 from keras_ov2.models.common.text_transformer import text_transformer_layers
 
@@ -107,6 +108,8 @@ class OpenVision1CaptionDecoder(keras.layers.Layer):
         """Builds one of the authors' sizes: Ti, S, B, L, So400m, H, g."""
         width, depth, mlp, heads = variants.lookup(variants.TEXT, variant, "text")
         return cls(vocabulary_size, width, depth, heads, mlp, **kwargs)
+
+    get_layout_map = layouts.layout_map_method(layouts.V1_CAPTION_DECODER)
 
     def build(self, image_tokens_shape, text_tokens_shape):
         def projection(name, input_shape):

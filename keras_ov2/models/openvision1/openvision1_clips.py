@@ -10,6 +10,7 @@ from keras_ov2.layers.contrastive_logits import ContrastiveLogits
 from keras_ov2.layers.contrastive_logits import l2_normalize
 from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models.presets import PresetLoading
+from keras_ov2.models.common import layouts
 from keras_ov2.models.common.caption_loss import CaptionLoss
 from keras_ov2.models.openvision1.contrastive_loss import dual_contrastive_loss
 from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
@@ -200,6 +201,8 @@ class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
         per image (retrieval) or take the argmax over class prompts
         (zero-shot classification)."""
         return self.encode_images(images) @ self.encode_texts(texts).T
+
+    get_layout_map = layouts.layout_map_method(layouts.CLIPS)
 
     def get_config(self):
         config = super().get_config()

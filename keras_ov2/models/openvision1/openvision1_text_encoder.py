@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ov2 import variants
+from keras_ov2.models.common import layouts
 from keras_ov2.models.common.text_transformer import text_transformer_layers
 
 
@@ -110,6 +111,8 @@ class OpenVision1TextEncoder(keras.layers.Layer):
         """Builds one of the authors' sizes: Ti, S, B, L, So400m, H."""
         width, depth, mlp, heads = variants.lookup(variants.TEXT, variant, "text")
         return cls(vocabulary_size, width, depth, heads, mlp, projection_dim, **kwargs)
+
+    get_layout_map = layouts.layout_map_method(layouts.V1_TEXT_ENCODER)
 
     def build(self, token_ids_shape=None):
         self.position_embedding = self.add_weight(

@@ -553,14 +553,7 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
             scores = scores / ops.sum(ops.cast(weights, "float32"), axis=-1)
         return ops.convert_to_numpy(scores)
 
-    @staticmethod
-    def get_layout_map(device_mesh, config, mode="fsdp"):
-        """A `keras.distribution.LayoutMap` of the encoder and the decoder
-        (see `OpenVision2Backbone.get_layout_map`); `config` is the
-        captioner's `get_config()`, or the "config" of a preset's task.json.
-        """
-        variables = layouts.captioner_variables(config)
-        return layouts.make_layout_map(device_mesh, mode, variables)
+    get_layout_map = layouts.layout_map_method(layouts.CAPTIONER)
 
     def get_config(self):
         config = super().get_config()

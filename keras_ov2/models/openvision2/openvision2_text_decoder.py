@@ -116,14 +116,7 @@ class OpenVision2TextDecoder(keras.layers.Layer):
         width, depth, mlp, heads = variants.lookup(variants.DECODERS, variant, "decoder")
         return cls(vocabulary_size, width, depth, heads, mlp, **kwargs)
 
-    @staticmethod
-    def get_layout_map(device_mesh, config, mode="fsdp", visual_dim=None):
-        """A `keras.distribution.LayoutMap` of this decoder for `mode`
-        (see `OpenVision2Backbone.get_layout_map`). `visual_dim`, the width
-        of the visual tokens, lets "fsdp" split the visual projection on it.
-        """
-        variables = layouts.decoder_variables(config, visual_dim)
-        return layouts.make_layout_map(device_mesh, mode, variables)
+    get_layout_map = layouts.layout_map_method(layouts.TEXT_DECODER)
 
     def build(self, visual_tokens_shape, token_ids_shape=None):
         self.visual_projection = keras.layers.Dense(
