@@ -35,6 +35,7 @@ import time
 from step_measure import backend_line
 from step_measure import caption_batch
 from step_measure import measure_train_step
+from step_measure import ov1_batch
 from step_measure import print_columns
 from step_measure import print_result
 from step_measure import ratio
@@ -76,24 +77,6 @@ def parse_args(argv=None):
         parser.error(f"unknown encoder(s) {unknown}; choose from {sorted(ENCODER_PRESETS)}.")
     args.image_sizes = [int(s) for s in args.image_sizes.split(",") if s.strip()]
     return args
-
-
-def ov1_batch(model, batch, size, seed=0):
-    """(x, y, sample_weight): random uint8 images, two 80-id texts, a 128-id
-    caption target."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    text_length = model.preprocessor.sequence_length
-    target_length = model.decoder.num_queries
-    vocabulary = model.decoder.vocabulary_size
-    x = {
-        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
-        "web_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
-        "sentence_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
-    }
-    y = rng.integers(3, vocabulary, (batch, target_length), dtype="int32")
-    return x, y, np.ones(y.shape, dtype="float32")
 
 
 def run_worker(args):

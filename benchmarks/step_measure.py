@@ -105,6 +105,25 @@ def caption_batch(batch, image_size, seq_len, vocabulary_size, seed=0):
     return x, tokens[:, 1:], np.ones((batch, seq_len - 1), dtype="float32")
 
 
+def ov1_batch(model, batch, size, seed=0):
+    """(x, y, sample_weight) of an `OpenVisionCLIPS` train step: random
+    uint8 images, two texts of the preprocessor's `sequence_length` ids, a
+    caption target of the decoder's `num_queries` ids."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    text_length = model.preprocessor.sequence_length
+    target_length = model.decoder.num_queries
+    vocabulary = model.decoder.vocabulary_size
+    x = {
+        "images": rng.integers(0, 256, (batch, size, size, 3), dtype="uint8"),
+        "web_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
+        "sentence_token_ids": rng.integers(3, vocabulary, (batch, text_length), dtype="int32"),
+    }
+    y = rng.integers(3, vocabulary, (batch, target_length), dtype="int32")
+    return x, y, np.ones(y.shape, dtype="float32")
+
+
 def add_captioner_arguments(parser, encoder, seq_len, steps):
     """The options of a captioner train-step benchmark, with these defaults."""
     parser.add_argument("--encoder", default=encoder, choices=sorted(ENCODERS))

@@ -9,6 +9,9 @@ from keras import ops
 import keras_ov2
 from keras_ov2.models import CaptionLoss
 from keras_ov2.models.common.caption_loss import chunked_caption_loss
+from tests.test_openvision_clips import scenes
+from tests.test_openvision_clips import tiny_clips
+from tests.test_openvision_clips import tiny_preprocessor
 
 SIZE = 28  # 2 x 2 patches of 14
 
@@ -114,15 +117,22 @@ def captioner(parallel_fraction=0.5):
     )
 
 
+def twins(build, chunk_size):
+    """The same model twice (`build()`), compiled for the fused path with
+    `chunk_size` and for the plain path."""
+    fused_model, plain_model = build(), build()
+    assert fused_model.fused_loss is fused_model.loss  # KerasHub's __init__ compiles
+    plain_model.set_weights(fused_model.get_weights())
+    for model, chunks in ((fused_model, chunk_size), (plain_model, None)):
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss=CaptionLoss(chunk_size=chunks))
+    assert fused_model.fused_loss is fused_model.loss and plain_model.fused_loss is None
+    return fused_model, plain_model
+
+
 def twin_captioners():
     """The same captioner twice, compiled for the fused path (2 positions
     x 4 rows a chunk: 8 chunks, the last one padded) and the plain path."""
-    fused_model, plain_model = captioner(), captioner()
-    plain_model.set_weights(fused_model.get_weights())
-    fused_model.compile(optimizer=keras.optimizers.SGD(1.0), loss=CaptionLoss(chunk_size=8))
-    plain_model.compile(optimizer=keras.optimizers.SGD(1.0), loss=CaptionLoss(chunk_size=None))
-    assert fused_model.fused_loss is fused_model.loss and plain_model.fused_loss is None
-    return fused_model, plain_model
+    return twins(captioner, chunk_size=8)
 
 
 def caption_batch():
@@ -179,14 +189,49 @@ def test_training_gives_the_plain_paths_loss_and_update(monkeypatch):
     assert not head_calls["fused"] and head_calls["plain"]
     x, _, _ = fused_model.preprocessor(images, captions)
     assert tuple(fused_model(x, training=True).shape) == (4, 15, 30522)
+    assert_same_update(fused_model, plain_model, start)
+
+
+def assert_same_update(fused_model, plain_model, start):
+    """The twins' weights agree after training, and training moved them."""
     moved = False
-    # Two Adam steps: an update is about lr x sign(gradient) at first, so
-    # float32 rounding of the gradient (oneDNN's thread split on TensorFlow)
-    # shows as ~1e-5 relative in the weights.
+    # Two steps: float32 rounding of the gradient (oneDNN's thread split on
+    # TensorFlow) shows as ~1e-5 relative in the weights.
     for a, b, before in zip(fused_model.get_weights(), plain_model.get_weights(), start):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         moved |= not np.allclose(a, before)
     assert moved
+
+
+def clips():
+    """The tiny OpenVisionCLIPS of tests/test_openvision_clips.py (12
+    caption queries), without its preprocessor: batches come preprocessed."""
+    keras.utils.set_random_seed(0)
+    return tiny_clips(width=16, preprocessor=False)
+
+
+def test_clips_training_gives_the_plain_paths_loss_and_update(monkeypatch):
+    # 5 positions x 4 rows a chunk: 3 chunks, the last one padded; the
+    # dual contrastive loss added to the caption loss either way.
+    fused_model, plain_model = twins(clips, chunk_size=20)
+    start = fused_model.get_weights()
+    images, web, detailed = scenes(4)
+    x, y, w = tiny_preprocessor()(images, (web, detailed))
+    assert 0 < np.asarray(w).sum() < np.asarray(w).size  # pads in the caption targets
+    losses, head_calls = {}, {}
+    for name, model in (("fused", fused_model), ("plain", plain_model)):
+        head_calls[name] = head_calls_in_train_steps(monkeypatch, model)
+        first = model.train_on_batch(x, y, w, return_dict=True)
+        # fit, on TensorFlow, traces with an unknown batch and length
+        # (chunks sized in the graph).
+        second = model.fit(x, y, sample_weight=w, batch_size=4, verbose=0).history
+        losses[name] = [first[k] for k in ("loss", "caption_loss", "clip_loss")]
+        losses[name] += [second[k][-1] for k in ("loss", "caption_loss")]
+    np.testing.assert_allclose(losses["fused"], losses["plain"], rtol=1e-5)
+    # The fused steps never build logits (and leave the switch off).
+    assert not head_calls["fused"] and head_calls["plain"]
+    assert not fused_model.fuses(training=True)
+    assert_same_update(fused_model, plain_model, start)
 
 
 def test_evaluate_reports_the_caption_loss_of_the_logits():

@@ -139,6 +139,12 @@ class OpenVision1CaptionDecoder(keras.layers.Layer):
         self.head.build(sequence_shape)
 
     def call(self, image_tokens, text_tokens):
+        return self.head(self.text_states(image_tokens, text_tokens))
+
+    def text_states(self, image_tokens, text_tokens):
+        """What the head reads: the query positions after `decoder_norm`,
+        (B, num_queries, hidden_dim). A loss that applies the head itself
+        (`chunked_caption_loss`) starts from here; see `call`."""
         batch = ops.shape(image_tokens)[0]
         queries = ops.cast(self.learnable_tokens, self.compute_dtype)[None]
         queries = ops.broadcast_to(queries, (batch, self.num_queries, self.hidden_dim))
@@ -148,7 +154,7 @@ class OpenVision1CaptionDecoder(keras.layers.Layer):
         mask = query_attention_mask(num_prefix, self.num_queries)[None]
         for block in self.transformer_layers:
             x = block(x, attention_mask=mask)
-        return self.head(self.decoder_norm(x[:, -self.num_queries :]))
+        return self.decoder_norm(x[:, -self.num_queries :])
 
     def compute_output_shape(self, image_tokens_shape, text_tokens_shape):
         return (image_tokens_shape[0], self.num_queries, self.vocabulary_size)

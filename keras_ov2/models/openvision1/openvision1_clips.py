@@ -12,6 +12,7 @@ from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models.presets import PresetLoading
 from keras_ov2.models.common import layouts
 from keras_ov2.models.common.caption_loss import CaptionLoss
+from keras_ov2.models.common.fused_caption_head import FusedCaptionHead
 from keras_ov2.models.openvision1.contrastive_loss import dual_contrastive_loss
 from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
 from keras_ov2.models.openvision1.openvision1_preprocessor import OpenVision1Preprocessor
@@ -20,7 +21,7 @@ from keras_ov2.models.common.recipe_optimizer import RecipeCompile
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
+class OpenVisionCLIPS(PresetLoading, FusedCaptionHead, RecipeCompile, keras_hub.models.Task):
     """Pretrains an `OpenVision2Backbone` (with its v1 `projection_dim` head)
     the OpenVision v1 way, CLIPS-style.
 
@@ -34,10 +35,14 @@ class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
 
     Loss = `clip_loss_weight` (1) x dual contrastive loss + CaptionLoss with
     weight `caption_loss_weight` (2) on the detailed caption; `fit` also
-    reports both parts ("clip_loss", "caption_loss"). The contrastive loss
-    runs over the batch the model sees: under `keras.distribution` on JAX
-    that is the global batch (XLA gathers the embeddings), which is what the
-    authors' all-gather computes.
+    reports both parts ("clip_loss", "caption_loss"). As in
+    `OpenVision2Captioner`, training fuses the decoder's vocabulary head
+    into the caption loss (`FusedCaptionHead`, `chunked_caption_loss`: no
+    (B, C, vocabulary) logits held) unless compiled with
+    `CaptionLoss(chunk_size=None)`, metrics or `loss_weights`. The
+    contrastive loss runs over the batch the model sees: under
+    `keras.distribution` on JAX that is the global batch (XLA gathers the
+    embeddings), which is what the authors' all-gather computes.
 
     Inputs are the preprocessor's `{"images": uint8 (B, H, W, 3),
     "web_token_ids": int32 (B, L), "sentence_token_ids": int32 (B, L)}`.
@@ -116,22 +121,7 @@ class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
         images = keras.Input((None, None, 3), dtype="uint8", name="images")
         web_ids = keras.Input((None,), dtype="int32", name="web_token_ids")
         sentence_ids = keras.Input((None,), dtype="int32", name="sentence_token_ids")
-        image = self.backbone(self.image_normalization(images))
-        # Separate calls of one encoder: no op mixes samples, so this equals
-        # the authors' single call on the 2B concatenated texts.
-        web = self.text_encoder(web_ids)
-        sentence = self.text_encoder(sentence_ids)
-        outputs = {
-            "web_logits": self.contrastive_logits(
-                image["projected_output"], web["projected_output"]
-            ),
-            "sentence_logits": self.contrastive_logits(
-                image["projected_output"], sentence["projected_output"]
-            ),
-            "caption_logits": self.decoder(
-                image["sequence_output"], web["sequence_output"]
-            ),
-        }
+        outputs = self._forward(images, web_ids, sentence_ids)
         super().__init__(
             inputs={
                 "images": images,
@@ -147,8 +137,40 @@ class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
         self.clip_loss_tracker = keras.metrics.Mean(name="clip_loss")
         self.caption_loss_tracker = keras.metrics.Mean(name="caption_loss")
 
+    def _forward(self, images, web_ids, sentence_ids, head=True):
+        """The model's outputs; with `head=False`, "caption_states" (the
+        decoder's `text_states`, (B, C, width)) in place of "caption_logits"."""
+        image = self.backbone(self.image_normalization(images))
+        # Separate calls of one encoder: no op mixes samples, so this equals
+        # the authors' single call on the 2B concatenated texts.
+        web = self.text_encoder(web_ids)
+        sentence = self.text_encoder(sentence_ids)
+        outputs = {
+            "web_logits": self.contrastive_logits(
+                image["projected_output"], web["projected_output"]
+            ),
+            "sentence_logits": self.contrastive_logits(
+                image["projected_output"], sentence["projected_output"]
+            ),
+        }
+        caption = (self.decoder if head else self.decoder.text_states)(
+            image["sequence_output"], web["sequence_output"]
+        )
+        outputs["caption_logits" if head else "caption_states"] = caption
+        return outputs
+
     def call(self, inputs, training=None, mask=None):
+        """The outputs dict (see the class docstring); inside a fused
+        `train_step` (see `FusedCaptionHead`), "caption_states" (B, C,
+        width) in place of "caption_logits"."""
         check_uint8_images(inputs["images"], "OpenVisionCLIPS")
+        if self.fuses(training):
+            return self._forward(
+                inputs["images"],
+                ops.cast(inputs["web_token_ids"], "int32"),
+                ops.cast(inputs["sentence_token_ids"], "int32"),
+                head=False,
+            )
         return super().call(inputs, training=training, mask=mask)
 
     def recipe_loss(self):
@@ -159,9 +181,10 @@ class OpenVisionCLIPS(PresetLoading, RecipeCompile, keras_hub.models.Task):
         return CaptionLoss(weight=self.caption_loss_weight)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        caption = super().compute_loss(
-            x, y, y_pred["caption_logits"], sample_weight, training=training
-        )
+        """The dual contrastive loss plus the caption loss, which a fused
+        `train_step` computes from "caption_states" (`FusedCaptionHead`)."""
+        key = "caption_states" if self.fuses(training) else "caption_logits"
+        caption = super().compute_loss(x, y, y_pred[key], sample_weight, training=training)
         clip = dual_contrastive_loss(y_pred["web_logits"], y_pred["sentence_logits"])
         self.clip_loss_tracker.update_state(clip)
         self.caption_loss_tracker.update_state(caption)

@@ -12,8 +12,7 @@ from keras_ov2.layers import VisualTokenMasking
 from keras_ov2.layers.image_normalization import check_uint8_images
 from keras_ov2.models.presets import PresetLoading
 from keras_ov2.models.common import layouts
-from keras_ov2.models.common.caption_loss import CaptionLoss
-from keras_ov2.models.common.caption_loss import chunked_caption_loss
+from keras_ov2.models.common.fused_caption_head import FusedCaptionHead
 from keras_ov2.models.common.mixed_policy import follow_backbone_dtype
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
 from keras_ov2.models.openvision2.openvision2_captioner_preprocessor import (
@@ -43,7 +42,9 @@ def score_pairs(num_images, num_texts, all_pairs):
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
-class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.CausalLM):
+class OpenVision2Captioner(
+    PresetLoading, FusedCaptionHead, RecipeCompile, keras_hub.models.CausalLM
+):
     """Pretrains an `OpenVision2Backbone` by captioning alone.
 
     uint8 images -> ImageNet normalisation (on the device) -> encoder patch
@@ -151,12 +152,6 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
                 seed=None if seed is None else seed + 1,
                 name="parallel_prediction_masking",
             )
-
-        # Set by `compile` (which KerasHub's `__init__` calls): the
-        # `CaptionLoss` that training fuses with the head
-        # (`chunked_caption_loss`), or None for the plain logits path.
-        self.fused_loss = None
-        self._head_in_loss = False  # True only inside a fused `train_step`
 
         # === Functional Model ===
         images = keras.Input((None, None, 3), dtype="uint8", name="images")
@@ -312,43 +307,14 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
             self.generate_function = compiled
 
     def call(self, inputs, training=None, mask=None):
-        """Logits (B, T, vocabulary); inside a fused `train_step`, the
-        decoder's `text_states` (B, T, hidden_dim) instead."""
+        """Logits (B, T, vocabulary); inside a fused `train_step` (see
+        `FusedCaptionHead`), the decoder's `text_states` (B, T, hidden_dim)."""
         check_uint8_images(inputs["images"], "OpenVision2Captioner")
-        if training and self._head_in_loss:
+        if self.fuses(training):
             token_ids = ops.cast(inputs["token_ids"], "int32")
             decoder_inputs = self._decoder_inputs(inputs["images"], token_ids, training)
             return self.decoder.text_states(*decoder_inputs)
         return super().call(inputs, training=training, mask=mask)
-
-    def train_step(self, *args, **kwargs):
-        """Keras' train step, on any backend. With a fused loss (see
-        `compile`), its forward pass stops at the decoder's `text_states`
-        and `compute_loss` applies the head inside the loss. The switch
-        holds for the step alone: `captioner(x, training=True)` elsewhere
-        (custom loops, FLOP counts) still returns logits."""
-        self._head_in_loss = self.fused_loss is not None
-        try:
-            return super().train_step(*args, **kwargs)
-        finally:
-            self._head_in_loss = False
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Inside a fused `train_step`, `y_pred` is the decoder's text
-        states, and the head and the caption loss run as one chunked
-        computation (`chunked_caption_loss`): the same loss and gradients,
-        without the (B, T, vocabulary) float32 logits and their copies."""
-        if not (training and self._head_in_loss):
-            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        loss = chunked_caption_loss(
-            y_pred,
-            self.decoder.head.kernel,
-            y,
-            sample_weight,
-            self.fused_loss.weight,
-            self.fused_loss.chunk_size,
-        )
-        return loss + ops.sum(self.losses) if self.losses else loss
 
     def compile(self, optimizer="auto", loss="auto", *, sampler="greedy",
                 weighted_metrics=None, **recipe):
@@ -362,12 +328,10 @@ class OpenVision2Captioner(PresetLoading, RecipeCompile, keras_hub.models.Causal
         `CaptionLoss` with a `chunk_size` and nothing else reads the logits
         (no metrics, no `loss_weights`); evaluation and inference always
         see logits. `CaptionLoss(chunk_size=None)` keeps the plain path.
+        See `FusedCaptionHead`.
         """
         super().compile(optimizer, loss, sampler=sampler,
                         weighted_metrics=weighted_metrics, **recipe)
-        fusable = type(self.loss) is CaptionLoss and self.loss.chunk_size is not None
-        reads_logits = weighted_metrics or recipe.get("metrics") or recipe.get("loss_weights")
-        self.fused_loss = self.loss if fusable and not reads_logits else None
 
     def start_stage(self, image_size, total_steps, **compile_kwargs):
         """Starts a progressive-resolution stage (84 px, then 224 px, ...).
