@@ -61,6 +61,11 @@ def say(*parts):
     print(*parts, flush=True)
 
 
+def warmup(steps):
+    """The recipe's warmup for every model: 5% of the steps."""
+    return max(1, steps // 20)
+
+
 def train_ov2(args, keep_ratio, folder, report=True):
     """`pretrain()` of the OV2 preset; `report=False` skips its held-out
     measures (and `summary` has no "loss_before", "loss_after", "exact_match")."""
@@ -68,7 +73,8 @@ def train_ov2(args, keep_ratio, folder, report=True):
     from keras_ov2.training import load_captioner
     from keras_ov2.training import pretrain
 
-    result = pretrain(OV2_PRESET, stages=(Stage(IMAGE_SIZE, args.steps, args.batch_size),),
+    stage = Stage(IMAGE_SIZE, args.steps, args.batch_size, warmup_steps=warmup(args.steps))
+    result = pretrain(OV2_PRESET, stages=(stage,),
                       keep_ratio=keep_ratio, output_dir=folder, seed=args.seed,
                       caption_field=args.ov2_caption_field, learning_rate=LEARNING_RATE,
                       print_fn=functools.partial(say, f"[OV2 keep {keep_ratio:g}]"),
@@ -99,7 +105,7 @@ def train_ov1(args):
                                        caption_field=("short_caption", "caption"),
                                        seed=args.seed, augment_images=False)
     model.compile(learning_rate=LEARNING_RATE, total_steps=args.steps,
-                  warmup_steps=max(1, args.steps // 20))
+                  warmup_steps=warmup(args.steps))
     label = f"[OV1] [{IMAGE_SIZE} px]"
     say(f"{label} {args.steps} steps of {args.batch_size} images, peak lr {LEARNING_RATE:g}")
     progress = Progress(label, args.steps, args.batch_size, max(1, args.steps // 12), say)

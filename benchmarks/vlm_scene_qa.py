@@ -46,7 +46,7 @@ SEQUENCE_LENGTH = 16  # text tokens: [start] question answer [end] fit in 16
 # or TPU the same comparison runs longer and wider.
 SCALES = {
     "cpu": dict(pretrain_steps=400, batch_size=16, qa_train=2000, qa_test=200,
-                qa_steps=800, qa_batch_size=32, lm_width=128, lm_layers=2),
+                qa_steps=1000, qa_batch_size=32, lm_width=128, lm_layers=2),
     "accelerator": dict(pretrain_steps=5000, batch_size=64, qa_train=20000, qa_test=1000,
                         qa_steps=5000, qa_batch_size=64, lm_width=256, lm_layers=4),
 }
@@ -70,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--lm-width", type=int, help="the GPT-2's width")
     p.add_argument("--lm-layers", type=int, help="the GPT-2's blocks")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoder-dir", help="keep the pretrained encoders there, and reuse "
+                   "those an earlier run with the same pretraining settings left")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     unknown = set(args.encoders.split(",")) - set(ENCODERS)
@@ -114,6 +116,34 @@ def qa_set(num_scenes, held_out, seed):
     rows = question_records(scenes.held_out() if held_out else scenes, seed=seed)
     return (np.stack([r["image"] for r in rows]), [r["question"] for r in rows],
             [r["answer"] for r in rows], [r["type"] for r in rows])
+
+
+def pretrained_encoder(name, args, folder):
+    """(encoder, pretraining seconds) for `name`, pretrained into
+    `folder/name`; one saved there by an earlier run with the same
+    pretraining settings is loaded instead, with its recorded seconds."""
+    from keras_ov2 import OpenVision2Backbone
+
+    if name == "random":
+        return random_encoder(args.seed), 0.0
+    path = os.path.join(folder, name)
+    record = os.path.join(path, "vlm_scene_qa_pretraining.json")
+    settings = dict(steps=args.pretrain_steps, batch_size=args.batch_size, seed=args.seed)
+    if os.path.exists(record):
+        with open(record) as f:
+            saved = json.load(f)
+        if saved["settings"] == settings:
+            say(f"[{name}] the encoder pretrained in {saved['seconds']:.0f} s, from {path}")
+            return OpenVision2Backbone.from_preset(path), saved["seconds"]
+    if name == "ov1":
+        encoder, summary = train_ov1(args)
+        encoder.save_to_preset(path)
+    else:
+        keep = float(name.removeprefix("ov2_keep"))
+        encoder, summary = train_ov2(args, keep, path, report=False)
+    with open(record, "w") as f:
+        json.dump(dict(settings=settings, seconds=summary["seconds"]), f)
+    return encoder, summary["seconds"]
 
 
 def question_tokenizer(train):
@@ -232,15 +262,7 @@ def main(argv=None):
     results = {}
     with tempfile.TemporaryDirectory(prefix="vlm_scene_qa_") as tmp:
         for name in args.encoders.split(","):
-            if name == "random":
-                encoder, seconds = random_encoder(args.seed), 0.0
-            elif name == "ov1":
-                encoder, summary = train_ov1(args)
-                seconds = summary["seconds"]
-            else:
-                keep = float(name.removeprefix("ov2_keep"))
-                encoder, summary = train_ov2(args, keep, os.path.join(tmp, name), report=False)
-                seconds = summary["seconds"]
+            encoder, seconds = pretrained_encoder(name, args, args.encoder_dir or tmp)
             accuracy, vlm_seconds, ask_seconds, examples = train_and_ask(
                 encoder, tokenizer, train, test, args)
             results[name] = dict(accuracy=accuracy, pretrain_seconds=seconds,

@@ -473,10 +473,11 @@ to about 10 points are noise. The paper's setting has what this demo lacks:
 a pretrained language model (Vicuna, 7B parameters or more, in LLaVA-1.5)
 that already knows how to use its context, 558K image-caption pairs to
 align the projector and 665K instruction examples to tune on, and natural
-images, on which a random encoder's features are close to useless. `benchmarks/vlm_scene_qa.py` runs
-this comparison at larger settings (encoders pretrained 600 steps, the
-model trained 600 steps of 32 with the full vocabulary) for OpenVision 2 at
-keep ratios 0.35 and 1.0, OpenVision (CLIPS) and a random encoder.
+images, on which a random encoder's features are close to useless.
+`benchmarks/vlm_scene_qa.py` runs this comparison for OpenVision 2 at keep
+ratios 0.35 and 1.0, OpenVision (CLIPS) and a random encoder, pretrained
+alike, with the pretraining time of each beside its answers; its table is in
+`benchmarks/README.md`.
 
 With `KERAS_OV2_GUIDE_SMALL=1` the encoder trains for 8 steps and each
 model for 10: the answers are mostly empty and every number is
