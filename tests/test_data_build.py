@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -60,7 +61,8 @@ def test_build_writes_good_records_as_found_and_counts_bad_ones(folder, tmp_path
     assert summary["records_read"] == GOOD + len(BAD) + 1
     assert summary["records_written"] == GOOD
     assert Counter(summary["skipped"]) == Counter({**dict.fromkeys(BAD, 1), "unreadable_record": 1})
-    assert summary["shards"] == [f"train-0000{i}-of-00003.array_record" for i in range(3)]
+    # Shard k: the good ones of records 2k and 2k + 1 (the last holds none).
+    assert summary["shards"] == [f"train-0000{i}-of-00006.array_record" for i in range(6)]
     assert summary["bytes"] == sum((out / name).stat().st_size for name in summary["shards"])
     assert json.loads((out / "summary.json").read_text()) == summary
     assert not list(out.glob(".*"))  # no partial shards left
@@ -118,10 +120,11 @@ def test_build_refuses_to_mix_with_existing_shards(tmp_path):
 
 def test_cli_data_build(folder, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["data", "build", str(folder), str(out), "--records-per-shard", "4", "--name", "web"]
+    argv = ["data", "build", str(folder), str(out), "--records-per-shard", "4", "--name", "web",
+            "--workers", "2"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {GOOD} in 2 shards" in printed and "missing_image 1" in printed
+    assert f"wrote {GOOD} in 3 shards" in printed and "missing_image 1" in printed
     assert len(ArrayRecordSource(str(out / "web-*.array_record"))) == GOOD
 
     assert cli.main(["data", "build", "synthetic:3", str(tmp_path / "scenes"),
@@ -149,3 +152,109 @@ def test_cli_data_build_errors(source, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("ov2 data: error: ") and len(err.splitlines()) == 1
     assert message.format(tmp=tmp_path) in err
+
+
+def planted(count=30):
+    """`count` tiny records, in order; every 7th from 3 has an empty caption
+    and every 11th from 5 an empty image."""
+    rows = [{"image": jpeg(i), "caption": f"record {i}"} for i in range(count)]
+    for i in range(3, count, 7):
+        rows[i]["caption"] = " "
+    for i in range(5, count, 11):
+        rows[i]["image"] = b""
+    return rows
+
+
+class Flaky:
+    """Records that fail to read at `fail_at`, as a worker that crashes mid-shard.
+    Its repr leaves `fail_at` out: the build with it and without is one build."""
+
+    def __init__(self, rows, fail_at=None):
+        self.rows, self.fail_at = rows, fail_at
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __repr__(self):
+        return f"Flaky({len(self.rows)} records)"
+
+    def __getitem__(self, index):
+        if index == self.fail_at:
+            raise RuntimeError(f"planted failure at record {index}")
+        return self.rows[index]
+
+
+def shard_bytes(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.array_record"))}
+
+
+def test_build_with_workers_matches_one_process(tmp_path):
+    rows = planted()
+    one = build_array_record(rows, tmp_path / "one", records_per_shard=5, verbose=0)
+    two = build_array_record(rows, tmp_path / "two", records_per_shard=5, num_workers=2,
+                             verbose=0)
+    assert two == one
+    assert one["shards"] == [f"data-0000{k}-of-00006.array_record" for k in range(6)]
+    assert one["records_written"] == 23
+    assert one["skipped"] == {"empty_caption": 4, "empty_image": 3}
+    assert shard_bytes(tmp_path / "two") == shard_bytes(tmp_path / "one")
+    built = ArrayRecordSource(str(tmp_path / "two" / "*.array_record"))
+    good = [i for i in range(30) if i % 7 != 3 and i % 11 != 5]
+    assert [built[n]["key"] for n in range(len(built))] == [f"list/{i}" for i in good]
+    assert [built[n]["image"] for n in range(len(built))] == [rows[i]["image"] for i in good]
+    # Shard k holds source records 5k to 5k + 4: shard 1 lost 5 (image) and 3 is in shard 0.
+    assert len(ArrayRecordSource(str(tmp_path / "two" / one["shards"][1]))) == 4
+
+
+def test_interrupted_build_resumes_to_the_same_output(tmp_path, capsys):
+    rows = planted()
+    reference = build_array_record(Flaky(rows), tmp_path / "reference", records_per_shard=5,
+                                   verbose=0)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="planted failure at record 12"):
+        build_array_record(Flaky(rows, fail_at=12), out, records_per_shard=5, num_workers=2,
+                           verbose=0)
+    # Shards 0 and 1 were under way when shard 2 failed: finished and logged.
+    # Any shard under a final name is whole; no summary yet.
+    finished = shard_bytes(out)
+    assert {"data-00000-of-00006.array_record", "data-00001-of-00006.array_record"} <= set(finished)
+    assert "data-00002-of-00006.array_record" not in finished
+    assert all(reference_bytes == finished.get(name, reference_bytes)
+               for name, reference_bytes in shard_bytes(tmp_path / "reference").items())
+    assert not (out / "summary.json").exists() and not list(out.glob(".*"))
+    # Worse: a finished shard lost, a stray temporary file, a log line cut short.
+    (out / "data-00000-of-00006.array_record").unlink()
+    (out / ".data-00002-of-00006.array_record.partial").write_bytes(b"half a shard")
+    with open(out / "data.build.jsonl", "a") as log:
+        log.write('{"shard": 5, "rec')
+    kept = (out / "data-00001-of-00006.array_record").stat().st_ino
+
+    summary = build_array_record(Flaky(rows), out, records_per_shard=5, num_workers=2)
+    assert "Resuming the build in" in capsys.readouterr().out
+    assert summary == reference
+    assert json.loads((out / "summary.json").read_text()) == reference
+    assert shard_bytes(out) == shard_bytes(tmp_path / "reference")
+    assert (out / "data-00001-of-00006.array_record").stat().st_ino == kept  # not rebuilt
+    assert not list(out.glob(".*"))
+    # Once more over the finished build: nothing to build, the same summary.
+    inodes = {path.name: path.stat().st_ino for path in out.glob("*.array_record")}
+    assert build_array_record(Flaky(rows), out, records_per_shard=5, verbose=0) == reference
+    assert {path.name: path.stat().st_ino for path in out.glob("*.array_record")} == inodes
+
+
+def test_resume_with_other_options_is_refused(tmp_path):
+    rows = planted(12)
+    build_array_record(rows, tmp_path, records_per_shard=5, verbose=0)
+    before = shard_bytes(tmp_path)
+    for source, options, differences in [
+        (rows, {"records_per_shard": 4}, "records_per_shard was 5, now 4"),
+        (rows, {"caption_fields": "alt"}, "caption_fields was ['caption'], now ['alt']"),
+        (rows[:10], {}, "source was 'list of 12 records', now 'list of 10 records'; "
+                        "records was 12, now 10"),
+    ]:
+        options = {"records_per_shard": 5, **options}
+        message = (f"already holds data-00000-of-00003.array_record of another build "
+                   f"({differences}); run that build to resume it")
+        with pytest.raises(FileExistsError, match=re.escape(message)):
+            build_array_record(source, tmp_path, verbose=0, **options)
+    assert shard_bytes(tmp_path) == before
