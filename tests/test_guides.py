@@ -117,14 +117,19 @@ def number(pattern, text):
     return float(match.group(1))
 
 
+def assert_held_out_loss_fell(out):
+    """The guide's pretraining run printed a lower held-out loss after than before."""
+    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
+        number(r"Held-out loss before training: ([\d.]+)", out)
+
+
 @once_per_suite
 def test_quickstart_runs(tmp_path):
     out = run_guide("quickstart", tmp_path)
     assert "openvision2_vit_large_patch14_224          302.9M  224" in out
     # The suite runs offline (HF_HUB_OFFLINE): the answer says how to get the weights.
     assert "ov2 convert FOLDER --preset openvision_vit_tiny_patch16_160" in out
-    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
-        number(r"Held-out loss before training: ([\d.]+)", out)
+    assert_held_out_loss_fell(out)
     assert "sequence_output  (8, 36, 128)" in out and "224 px: (8, 256, 128)" in out
     for backend in ("tensorflow", "torch"):
         tokens = number(rf"\n{backend} +([\d.e+-]+) ", out)
@@ -200,8 +205,7 @@ def test_pretraining_runs(tmp_path):
 @once_per_suite
 def test_evaluating_an_encoder_runs(tmp_path):
     out = run_guide("evaluating_an_encoder", tmp_path)
-    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
-        number(r"Held-out loss before training: ([\d.]+)", out)
+    assert_held_out_loss_fell(out)
     assert "synthetic scenes (300 train, 100 test, 84 px)" in out
     table = {}
     for line in re.findall(r"\n(\w+) +([\d.]+) +([\d.]+) +([\d.]+|-) +([\d.]+)(?=\n)", out):
@@ -238,8 +242,7 @@ def test_evaluating_an_encoder_runs(tmp_path):
 @once_per_suite
 def test_llava_style_model_runs(tmp_path):
     out = run_guide("llava_style_model", tmp_path)
-    assert number(r"Held-out loss: [\d.]+ -> ([\d.]+)", out) < \
-        number(r"Held-out loss before training: ([\d.]+)", out)
+    assert_held_out_loss_fell(out)
     assert "encoder: patch 14, width 128, 4 blocks" in out
     # Block -2's patch tokens: a 6 x 6 grid at 84 px, width 128.
     assert "layer -2 tokens: (4, 36, 128)" in out

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keras_ov2"
 # Lower numbers sit lower: a module may import only from strictly lower
 # levels (or from its own subpackage), so no circle can form between them.
 LEVELS = {
-    "version": 0, "lazy_exports": 0, "variants": 0,
+    "version": 0, "lazy_exports": 0, "variants": 0, "durable": 0,
     "flops": 1,
     "preset_table": 2,
     "preset_generation": 3, "layers": 3, "data": 3,

@@ -34,6 +34,7 @@ from keras_ov2.data.decode import BadRecord
 from keras_ov2.data.decode import check_record
 from keras_ov2.data.decode import decode_caption
 from keras_ov2.data.decode import record_caption
+from keras_ov2.durable import durable_replace
 
 LOG = "{name}.build.jsonl"  # the build's options, then one line per finished shard
 
@@ -267,23 +268,6 @@ def intact(path, entry):
                 and count_records(path) == entry["records"])
     except (OSError, SourceError):
         return False
-
-
-def durable_replace(partial, path):
-    """Renames the finished file `partial` to `path` once its bytes are on
-    disk, and syncs the folder, so that a crash leaves the old name or the
-    whole file under the new one."""
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-    try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return  # a folder cannot be opened on Windows; the rename is done
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def write_durably(path, text):

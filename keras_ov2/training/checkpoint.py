@@ -36,6 +36,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_ov2.durable import fsync_path
+
 NAME = re.compile(r"^ckpt-(\d{8})$")
 NUMBER = re.compile(r"_\d+")
 PARTIAL_PREFIX = ".partial-"
@@ -83,14 +85,6 @@ def variable_keys(variables, strip_owner=False):
         seen[key] = seen.get(key, 0) + 1
         keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
     return keys
-
-
-def fsync_path(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def write_file(path, write):

@@ -230,12 +230,11 @@ def pretrain(
                                   **DEFAULT_SCENES)
     data = DataOptions.resolve(dataset, keep_ratio, augment, caption_field)
     print_fn(data.describe())
-    training, held_out_records = split_held_out(dataset, HELD_OUT_SIZE)
+    training, held_out = split_held_out(dataset, HELD_OUT_SIZE)
     if len(training) < len(dataset):
-        print_fn(f"Held out: the last {len(held_out_records)} of {len(dataset)} records, "
-                 "never trained on.")
-    held_out = HeldOutReport(held_out_records, data.caption_field, stages[-1].image_size,
-                             num_samples, print_fn)
+        print_fn(f"Held out: the last {len(held_out)} of {len(dataset)} records, never trained on.")
+    measures = HeldOutReport(held_out, data.caption_field, stages[-1].image_size, num_samples,
+                             print_fn)
 
     keras.utils.set_random_seed(seed)
     setup = setup_training(preset, mesh, layout, keep_ratio=data.keep_ratio)
@@ -246,13 +245,13 @@ def pretrain(
         if captioner.preprocessor is None:
             raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
         if sequence_length is None:
-            sample = held_out.held_out.captions + known_captions(training, data.caption_field, 256)
+            sample = measures.held_out.captions + known_captions(training, data.caption_field, 256)
             sequence_length = fitted_length(captioner.preprocessor, sample)
         captioner.preprocessor.sequence_length = sequence_length
 
         captioner.compile(learning_rate=learning_rate, total_steps=1)
         if report:
-            held_out.before(captioner)
+            measures.before(captioner)
         run = dict(stages=[dataclasses.asdict(s) for s in stages], seed=seed,
                    keep_ratio=data.keep_ratio, caption_field=data.caption_field,
                    learning_rate=learning_rate, sequence_length=sequence_length,
@@ -293,7 +292,7 @@ def pretrain(
             if ds.skipped.total:
                 print_fn(f"{label} bad records {ds.skipped.summary()}")
 
-        measured = held_out.after(captioner) if report else {}
+        measured = measures.after(captioner) if report else {}
         if report and isinstance(dataset, SyntheticScenes):  # the only source with probe labels
             measured["encoder_probes"] = encoder_report(captioner, dataset, seed, print_fn)
         output_dir = Path(output_dir)
