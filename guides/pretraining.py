@@ -232,36 +232,44 @@ except Preemption as error:
 """
 ## What a checkpoint holds
 
-Each checkpoint is a folder `ckpt-<global step>`; the last three are kept
-(`keep_checkpoints`). Saving is atomic: the files are written into a hidden
-`.partial-...` folder, flushed to disk, and the folder is renamed, so a
-crash while saving leaves the previous checkpoint intact.
+Checkpoints are written by Orbax (`orbax.checkpoint.CheckpointManager`, the
+engine of big_vision-style JAX training and of Keras' `OrbaxCheckpoint`):
+each is a folder named by its global step, the last three are kept
+(`keep_checkpoints`). Saves are asynchronous: training waits only while the
+arrays are copied off the devices, and Orbax writes them in a background
+thread. A save is written into a temporary folder that becomes the step's
+folder only once complete, so a crash while saving leaves the previous
+checkpoint intact (and the temporary folder is deleted on the next start).
 """
 
-for folder in sorted(os.listdir("checkpoints")):
-    files = sorted(os.listdir(os.path.join("checkpoints", folder)))
-    size = sum(os.path.getsize(os.path.join("checkpoints", folder, f)) for f in files)
-    print(f"{folder}  {size / 2**20:5.1f} MiB  {files}")
-latest = sorted(os.listdir("checkpoints"))[-1]
-with open(os.path.join("checkpoints", latest, "state.json")) as f:
-    state = json.load(f)
+from keras_ov2.training.checkpoint import CheckpointFolder
+
+folder = CheckpointFolder("checkpoints")
+for step in folder.steps():
+    path = str(folder.path(step))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    items = sorted(os.listdir(path))
+    print(f"{step:>3}  {size / 2**20:5.1f} MiB  {items}")
+state = folder.saved_state(folder.latest())
 print({key: state[key] for key in ("step", "stage", "stage_step", "processes")})
 print("run:", {key: state["run"][key] for key in ("seed", "caption_field", "sequence_length")})
 
 """
-- `model.npz`: every variable of the captioner, keyed by its path
-  (`transformer_layer_3/attention/query/kernel`, ...), and the state of the
+- `model/`: every variable of the captioner, in order, and the state of the
   token masking's random generator, so that the resumed run drops the same
-  tokens the uninterrupted run would have dropped;
-- `optimizer.npz`: AdamW's step counter and moments (twice the weights: the
-  biggest file), so the learning-rate schedule goes on from the saved step;
-- `data_process_0.json`: the Grain iterator's position, one file per host,
-  so the resumed run reads the batches the uninterrupted run would have read;
-- `state.json`: the stage and step, the loss history, and the run's recipe
-  (stages, seed, caption field, ...) and model config: resuming with other
-  settings, or another preset, is refused with an error naming what differs.
+  tokens the uninterrupted run would have dropped. Each host writes only the
+  shards it holds (tensorstore);
+- `optimizer/`: AdamW's step counter and moments (twice the weights: the
+  biggest item), so the learning-rate schedule goes on from the saved step;
+- `data/`: the Grain iterator's position, written by Grain's own Orbax
+  handler, one `process_<i>-of-<n>.json` per host, so the resumed run reads
+  the batches the uninterrupted run would have read;
+- `state/`: the stage and step, the loss history, the path and shape of
+  every variable, and the run's recipe (stages, seed, caption field, ...)
+  and model config: resuming with other settings, or another preset, is
+  refused with an error naming what differs.
 
-Only NumPy `.npz` files (read without pickle) and JSON.
+Arrays and JSON only: nothing is unpickled.
 
 ## Resume
 
@@ -275,7 +283,7 @@ log = pretrain(dataset=source, stages=stages, caption_field="caption", augment=F
                checkpoint_every=checkpoint_every, callbacks=[resumed])
 
 """
-It printed "Resumed from checkpoints/ckpt-...", and its stage 1 started at
+It printed "Resumed from checkpoints/...", and its stage 1 started at
 the step after the checkpoint. The steps between that checkpoint and the
 preemption ran twice, once in each call; if the resume restored the right
 weights, optimizer state, batches and masks, they computed the same losses:
@@ -410,10 +418,15 @@ the variable.
 
 `pretrain(..., mesh=..., layout=..., checkpoint_dir=...)` and `ov2 pretrain
 --mesh ... --layout ...` use the same setup, stage after stage, with the
-checkpoints above. A checkpoint holds whole arrays: process 0 writes them,
-every host its own Grain position (`data_process_<i>.json`), so
-`--checkpoint-dir` must be a folder all hosts see (an NFS or Filestore
-mount). A run may resume on another mesh or layout.
+checkpoints above. Every host writes its own shards of the arrays and its
+own Grain position, so `--checkpoint-dir` must be a place all hosts see: a
+`gs://` bucket (Orbax writes there through tensorstore; no mount needed) or
+a shared file system. The data shards are read through the local file
+system: mount the bucket on every host with gcsfuse (as below) or copy
+them to each host's disk (`gcloud storage cp -r gs://... /data/`). A run
+may resume on another mesh or layout (Orbax reads each array into the new
+shardings), or on another number of hosts (the hosts' data positions are
+re-split; exact for the built-in pipeline without Grain workers).
 
 The launch: the same command on every host of the slice, with
 `gcloud compute tpus tpu-vm ssh --worker=all`:
@@ -423,6 +436,9 @@ TPU=ov2-v4-512 ZONE=us-central2-b
 # once: install keras_ov2 and JAX for TPUs on every host
 gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
   pip install -q "jax[tpu]" git+https://github.com/keras-ov2/keras_ov2.git'
+# once per host start: the data bucket as a folder (read-only)
+gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
+  mkdir -p /data && gcsfuse --implicit-dirs -o ro my-bucket-data /data'
 # the run: KERAS_DISTRIBUTION_NUM_PROCESSES (64 hosts) makes setup_training
 # call keras.distribution.initialize()
 gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
@@ -430,12 +446,12 @@ gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command='
   ov2 pretrain --preset openvision2_captioner_vit_large_patch14_84 \
       --data /data/recap_shards --caption-field re_caption --workers 16 \
       --stages 84:390981:32768:1.024e-3:1563 --mesh data=256 --layout fsdp \
-      --checkpoint-dir /mnt/shared/ov2_l14/ckpt --checkpoint-every 1000 \
+      --checkpoint-dir gs://my-bucket/ov2_l14/ckpt --checkpoint-every 1000 \
       --output runs/ov2_l14'  # each host saves the final preset on its own disk
 ```
 
-A preempted slice is recreated and the same two commands are run again: the
-run resumes from the latest checkpoint in `/mnt/shared/ov2_l14/ckpt`. The
+A preempted slice is recreated and the same commands are run again: the
+run resumes from the latest checkpoint in `gs://my-bucket/ov2_l14/ckpt`. The
 224 px stage is a second `--stages` entry (`224:61035:16384:2.6e-5` for the
 authors' 1B samples) or a second run from the saved preset.
 

@@ -21,6 +21,7 @@ import pytest
 
 from keras_ov2.training import checkpoint
 from keras_ov2.training.data_position import TrackedBatches
+from keras_ov2.training.data_position import resplit
 from keras_ov2.training.resume import RunCheckpoints
 from keras_ov2.training.resume import config_leaves
 from tests import checkpoint_run
@@ -59,17 +60,21 @@ def assert_same(a, b):
 
 def test_round_trip_restores_weights_optimizer_and_masking_randomness(trained, tmp_path):
     saved = trained
+    folder = checkpoint.CheckpointFolder(tmp_path)
     started = time.perf_counter()
-    path = checkpoint.save_checkpoint(tmp_path, 2, saved, {"note": "x"}, {"next_index": 8})
-    seconds = time.perf_counter() - started
-    assert sorted(p.name for p in path.iterdir()) == [
-        "data_process_0.json", "model.npz", "optimizer.npz", "state.json"]
+    folder.save(2, saved, {"note": "x"}, {"next_index": 8})
+    blocked = time.perf_counter() - started
+    folder.wait()
+    assert folder.steps() == [2]
+    assert {"model", "optimizer", "state", "data"} <= {p.name for p in (tmp_path / "2").iterdir()}
+    assert (tmp_path / "2" / "data" / "process_0-of-1.json").is_file()  # Grain's own format
     restored = trained_captioner(seed=1, steps=0)
     states = [v for m in (saved, restored) for v in m.variables if "seed_generator" in v.path]
     assert len(states) == 2
     assert not np.array_equal(*values(states))  # masks would differ without a restore
-    checkpoint.restore_model(path, restored)
-    checkpoint.restore_optimizer(path, restored)
+    reopened = checkpoint.CheckpointFolder(tmp_path)
+    reopened.restore_model(2, restored)
+    reopened.restore_optimizer(2, restored)
     assert_same(values(restored.variables), values(saved.variables))
     assert_same(values(restored.optimizer.variables), values(saved.optimizer.variables))
     iterations = int(keras.ops.convert_to_numpy(saved.optimizer.iterations))
@@ -79,61 +84,75 @@ def test_round_trip_restores_weights_optimizer_and_masking_randomness(trained, t
     images, captions = scenes(4)
     losses = [float(m.train_on_batch(images, np.array(captions))) for m in (saved, restored)]
     assert losses[0] == losses[1]
-    state, data = checkpoint.read_state(path)
+    state, data = reopened.read_state(2)
     assert (state["note"], state["step"], data) == ("x", 2, {"next_index": 8})
-    size = sum(p.stat().st_size for p in path.iterdir()) / 2**20
-    print(f"checkpoint of the tiny captioner: {size:.1f} MiB in {seconds:.2f} s")
+    size = sum(p.stat().st_size for p in (tmp_path / "2").rglob("*") if p.is_file()) / 2**20
+    print(f"checkpoint of the tiny captioner: {size:.1f} MiB, training blocked {blocked:.2f} s")
+    folder.close()
 
 
-def test_a_crash_while_saving_keeps_the_last_checkpoint(trained, tmp_path, monkeypatch):
+def test_a_save_that_fails_keeps_the_last_checkpoint(trained, tmp_path, monkeypatch):
     model = trained
-    first = checkpoint.save_checkpoint(tmp_path, 1, model, {})
-    write_json = checkpoint.write_json
+    folder = checkpoint.CheckpointFolder(tmp_path, keep=2)
+    folder.save(1, model, {})
+    folder.wait()
 
-    def crash_on_state(path, value):
-        if path.name == checkpoint.STATE_FILE:
-            raise OSError("disk full (simulated)")
-        write_json(path, value)
+    def disk_full(self):
+        raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(checkpoint, "write_json", crash_on_state)
-    with pytest.raises(OSError, match="simulated"):
-        checkpoint.save_checkpoint(tmp_path, 2, model, {}, {"next_index": 4})
-    partial = tmp_path / ".partial-ckpt-00000002"
-    assert (partial / "model.npz").is_file()  # the crash came after a partial write
-    assert checkpoint.latest_checkpoint(tmp_path) == first
+    monkeypatch.setattr(checkpoint.DataPosition, "get_state", disk_full)
+    with pytest.raises(Exception, match="simulated"):
+        folder.save(2, model, {}, {"next_index": 4})
+        folder.wait()
+    monkeypatch.undo()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert "2" not in left  # the step folder appears only once complete
+    reopened = checkpoint.CheckpointFolder(tmp_path, keep=2)
+    assert reopened.steps() == [1]
     restored = trained_captioner(seed=1, steps=0)
-    checkpoint.restore_model(first, restored)
+    reopened.restore_model(1, restored)
     assert_same(values(restored.weights), values(model.weights))
-    monkeypatch.setattr(checkpoint, "write_json", write_json)
     for step in (3, 4, 5):
-        checkpoint.save_checkpoint(tmp_path, step, model, {}, keep=2)
-    assert not partial.exists()  # cleaned by the next save
-    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == [
-        "ckpt-00000004", "ckpt-00000005"]
+        reopened.save(step, model, {})
+    reopened.close()
+    assert checkpoint.CheckpointFolder(tmp_path).steps() == [4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "5"]  # nothing partial left
 
 
 def test_another_model_or_run_is_refused_naming_the_difference(trained, tmp_path):
     model = trained
     run = {"seed": 0, "stages": [[56, 4, 4]]}
     saver = RunCheckpoints(tmp_path, 1, run, [4])
-    path = saver.save(model, 0, 1, None, [])
+    saver.save(model, 0, 1, None, [])
+    saver.close()
     keras.utils.set_random_seed(0)
     other = tiny_captioner()
     with pytest.raises(checkpoint.CheckpointError, match="seed is 0 there, 1 here"):
         RunCheckpoints(tmp_path, 1, {**run, "seed": 1}, [4]).resume(other)
-    config = json.loads((path / "state.json").read_text())
-    config["model"]["backbone.config.hidden_dim"] = 64
-    (path / "state.json").write_text(json.dumps(config))
     with pytest.raises(checkpoint.CheckpointError,
-                       match=r"another model: backbone.config.hidden_dim is 64 there, 32 here"):
-        RunCheckpoints(tmp_path, 1, run, [4]).resume(other)
+                       match=r"another model: backbone.config.hidden_dim is 32 there, 16 here"):
+        RunCheckpoints(tmp_path, 1, run, [4]).resume(keras_ov2_tiny(hidden_dim=16))
     keras.utils.set_random_seed(0)
     narrow = keras_ov2_tiny(hidden_dim=16)
     with pytest.raises(checkpoint.CheckpointError, match=r"patch_embedding/kernel "
                        r"\(16, 16, 3, 32\) in the checkpoint, patch_embedding/kernel "
                        r"\(16, 16, 3, 16\) in this model"):
-        checkpoint.restore_model(path, narrow)
+        checkpoint.CheckpointFolder(tmp_path).restore_model(1, narrow)
     assert "backbone.config.hidden_dim" in config_leaves(model.get_config())
+
+
+def test_data_states_are_resplit_for_another_number_of_hosts():
+    """Two shards that each read 6 records: 12 read, so one shard goes on
+    from 12 and four from 3; unequal or non-pipeline states are refused."""
+    two = [{"next_index": 6}, {"next_index": 6}]
+    assert resplit(two, 2, 1, where="d") == {"next_index": 12}
+    assert resplit(two, 2, 4, where="d") == {"next_index": 3}
+    # four processes reading two shards (a model axis across hosts): pairs agree
+    assert resplit(two * 2, 2, 1, where="d") == {"next_index": 12}
+    with pytest.raises(ValueError, match=r"d: the 2 data shards had read \[5, 6\] records"):
+        resplit([{"next_index": 5}, {"next_index": 6}], 2, 1, where="d")
+    with pytest.raises(ValueError, match="1 shards cannot be split into 2.*Grain workers"):
+        resplit([{"workers_state": {}}], 1, 2, where="d")
 
 
 def keras_ov2_tiny(hidden_dim):
@@ -205,13 +224,13 @@ def test_a_killed_run_resumes_across_stages_as_if_never_stopped(tmp_path):
     assert killed.wait() == -signal.SIGKILL
     uninterrupted = finish(*running)
     before = checkpoint_run.read_log(log)
-    saved_step = checkpoint.step_of(checkpoint.latest_checkpoint(tmp_path / "ckpt"))
+    saved_step = checkpoint.CheckpointFolder(tmp_path / "ckpt").latest()
     assert saved_step == 12 and 12 < len(before) < 16  # killed in stage 2, past a checkpoint
     boundary = tmp_path / "ckpt_boundary"
     shutil.copytree(tmp_path / "ckpt", boundary)
-    for path in checkpoint.checkpoints(boundary):
-        if checkpoint.step_of(path) > 8:
-            shutil.rmtree(path)
+    for step in checkpoint.CheckpointFolder(boundary).steps():
+        if step > 8:
+            shutil.rmtree(boundary / str(step))
     resumed = start_run(tmp_path, "resumed", tmp_path / "ckpt")
     from_boundary = start_run(tmp_path, "boundary", boundary)
     after, at_boundary = finish(*resumed), finish(*from_boundary)
@@ -237,7 +256,7 @@ def test_a_killed_run_resumes_across_stages_as_if_never_stopped(tmp_path):
 def test_ov2_pretrain_on_a_mesh_of_8_devices_checkpoints_and_resumes(tmp_path):
     """`ov2 pretrain --mesh data=8 --layout fsdp` on 8 simulated CPU devices
     (JAX only: XLA_FLAGS fixes the device count when JAX starts, hence a
-    subprocess) saves whole arrays gathered from the shards; a rerun on a
+    subprocess) saves each shard through Orbax; a rerun on a
     4x2 tensor-parallel mesh re-shards them and trains the last step."""
     checkpoint_run.save_tiny_preset(tmp_path / "preset")
     env = jax_env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=8")
@@ -253,11 +272,11 @@ def test_ov2_pretrain_on_a_mesh_of_8_devices_checkpoints_and_resumes(tmp_path):
         return run.stdout
 
     first = ov2("--mesh", "data=8", "--layout", "fsdp")
-    assert [p.name for p in checkpoint.checkpoints(tmp_path / "ckpt")] == [
-        "ckpt-00000001", "ckpt-00000002", "ckpt-00000003"]
-    with np.load(tmp_path / "ckpt" / "ckpt-00000003" / "model.npz") as arrays:
-        assert arrays["patch_embedding/kernel"].shape == (14, 14, 3, 32)
-    shutil.rmtree(tmp_path / "ckpt" / "ckpt-00000003")
+    folder = checkpoint.CheckpointFolder(tmp_path / "ckpt")
+    assert folder.steps() == [1, 2, 3]
+    saved = folder.saved_state(3)["variables"]["model"]
+    assert ["patch_embedding/kernel", [14, 14, 3, 32]] in saved
+    shutil.rmtree(tmp_path / "ckpt" / "3")
     second = ov2("--mesh", '{"data": 4, "model": 2}', "--layout", "tensor")
     assert "Resumed from" in second and "step 2/3" in second
     step_3 = [line for line in (first, second)

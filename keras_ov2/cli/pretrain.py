@@ -75,8 +75,8 @@ def add_pretrain_parser(commands):
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip measuring the run (held-out loss, sample captions, encoder "
                    "probes) and only save the weights")
-    p.add_argument("--checkpoint-dir", help="save checkpoints there, and resume from the "
-                   "latest one found there")
+    p.add_argument("--checkpoint-dir", help="save Orbax checkpoints there (a folder or "
+                   "gs://...), and resume from the latest one found there")
     p.add_argument("--checkpoint-every", type=int,
                    help="steps between checkpoints (default: only at the end of each stage)")
     p.add_argument("--keep-checkpoints", type=int, help="checkpoints kept (3)")

@@ -70,9 +70,11 @@ def make_distribution(mesh=None, mode="data", model=None):
             f"The mesh {mesh} needs {math.prod(sizes.values())} devices; there "
             f"are {len(devices)}."
         )
+    # auto_shard_dataset off: each host's Grain pipeline reads its own shard
+    # (see `data_shard`); on several hosts Keras refuses a Grain dataset otherwise.
     if mode == "data":
         device_mesh = keras.distribution.DeviceMesh((sizes[DATA],), (DATA,), devices)
-        return keras.distribution.DataParallel(device_mesh=device_mesh)
+        return keras.distribution.DataParallel(device_mesh=device_mesh, auto_shard_dataset=False)
     device_mesh = keras.distribution.DeviceMesh(
         (sizes[DATA], sizes[MODEL]), (DATA, MODEL), devices
     )
@@ -83,7 +85,8 @@ def make_distribution(mesh=None, mode="data", model=None):
     layout_map = model_class.get_layout_map(
         device_mesh, model_parallel_dim_name=MODEL, data_parallel_dim_name=DATA, mode=mode
     )
-    return CheckedModelParallel(layout_map=layout_map, batch_dim_name=DATA)
+    return CheckedModelParallel(layout_map=layout_map, batch_dim_name=DATA,
+                                auto_shard_dataset=False)
 
 
 def mesh_sizes(mesh, device_count):

@@ -24,7 +24,43 @@ def plain(value):
 
 def json_state(state):
     """A JSON round trip (NumPy scalars -> Python): a snapshot, safe to keep."""
-    return json.loads(json.dumps(state, default=plain))
+    return json.loads(json_bytes(state))
+
+
+def json_bytes(state):
+    return json.dumps(state, default=plain).encode()
+
+
+def from_json_bytes(data):
+    return json.loads(data)
+
+
+def resplit(states, saved_shards, shards, where):
+    """The data state each of `shards` data shards resumes from, given the
+    states the saving run's hosts wrote (one per host, `saved_shards`
+    distinct shards among them): the resume of a run on another number of
+    hosts.
+
+    The pretraining pipeline's shards interleave one shuffled order (shard
+    i of c reads records i, i + c, ...), and its state is
+    `{"next_index": n}`, the records the shard has read. When every shard
+    has read n, every record before n * c is read, so each of `shards`
+    shards goes on from n * c / shards, and the same global batches follow
+    (as sets of records). Exact within an epoch, and across epochs when the
+    source's size divides by both shard counts. Other states (with Grain
+    worker processes, or after skipped records left the shards unequal)
+    cannot be re-split: a ValueError says so.
+    """
+    advice = f"Resume on as many hosts as the run was saved with ({len(states)})."
+    if any(set(state) != {"next_index"} for state in states):
+        raise ValueError(f"{where}: the data states of {saved_shards} shards cannot be split "
+                         f"into {shards} (they are not the pretraining pipeline's "
+                         f"{{'next_index': n}}; with Grain workers they never are). {advice}")
+    read = sorted({state["next_index"] for state in states})
+    if len(read) != 1 or read[0] * saved_shards % shards:
+        raise ValueError(f"{where}: the {saved_shards} data shards had read {read} records "
+                         f"each; that does not split evenly into {shards}. {advice}")
+    return {"next_index": read[0] * saved_shards // shards}
 
 
 class TrackedBatches(grain.IterDataset):

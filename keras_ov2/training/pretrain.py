@@ -257,41 +257,45 @@ def pretrain(
                    learning_rate=learning_rate, sequence_length=sequence_length,
                    augment=data.augment, dataset_size=len(training))
         checkpoints = RunCheckpoints(checkpoint_dir, checkpoint_every, run,
-                                     [s.steps for s in stages], keep_checkpoints, print_fn)
-        resumed = checkpoints.resume(captioner)
-        if resumed:
-            print_fn(f"Resumed from {resumed}: stage {checkpoints.stage + 1}, step "
-                     f"{checkpoints.stage_step}/{stages[checkpoints.stage].steps}")
-        losses = list(checkpoints.losses)
-        for index, stage in enumerate(stages):
-            label = f"[stage {index + 1}/{len(stages)}, {stage.image_size} px]"
-            done = checkpoints.steps_done(index)
-            if done == stage.steps:
-                print_fn(f"{label} trained before the checkpoint")
-                continue
-            lr = stage.learning_rate or learning_rate
-            print_fn(f"{label} {stage.steps} steps of {stage.batch_size} images, peak lr "
-                     f"{lr:g} after {stage.warmup} warmup steps, keep ratio {data.keep_ratio:g}, "
-                     f"captions: {data.caption_field!r} ({sequence_length} tokens)")
-            captioner.start_stage(stage.image_size, total_steps=stage.steps,
-                                  learning_rate=lr, warmup_steps=stage.warmup)
-            every = log_every or max(1, stage.steps // 12)
-            progress = Progress(label, stage.steps, stage.batch_size, every, print_fn, done)
-            ds = setup.dataset(training, stage.image_size, stage.batch_size, data.caption_field,
-                               seed=seed + index, augment_images=data.augment,
-                               num_workers=num_workers)
-            with warnings.catch_warnings():  # the pooled output's norm is unused here
-                warnings.filterwarnings("ignore", "Gradients do not exist for variables")
-                batches = checkpoints.start_stage(index, captioner, ds)
-                saving = checkpoints.callback(index, batches, lambda: losses + [
-                    (index, *item) for item in progress.history])
-                captioner.fit(batches, steps_per_epoch=stage.steps - done, epochs=1, verbose=0,
-                              callbacks=[progress, *filter(None, [saving]), *callbacks],
-                              shuffle=False)  # Grain shuffles
-            losses += [(index, step, loss) for step, loss in progress.history]
-            if ds.skipped.total:
-                print_fn(f"{label} bad records {ds.skipped.summary()}")
-
+                                     [s.steps for s in stages], keep_checkpoints, print_fn,
+                                     data_shards=setup.data_shard()[1])
+        try:
+            resumed = checkpoints.resume(captioner)
+            if resumed:
+                print_fn(f"Resumed from {resumed}: stage {checkpoints.stage + 1}, step "
+                         f"{checkpoints.stage_step}/{stages[checkpoints.stage].steps}")
+            losses = list(checkpoints.losses)
+            for index, stage in enumerate(stages):
+                label = f"[stage {index + 1}/{len(stages)}, {stage.image_size} px]"
+                done = checkpoints.steps_done(index)
+                if done == stage.steps:
+                    print_fn(f"{label} trained before the checkpoint")
+                    continue
+                lr = stage.learning_rate or learning_rate
+                print_fn(f"{label} {stage.steps} steps of {stage.batch_size} images, peak "
+                         f"lr {lr:g} after {stage.warmup} warmup steps, keep ratio "
+                         f"{data.keep_ratio:g}, captions: {data.caption_field!r} "
+                         f"({sequence_length} tokens)")
+                captioner.start_stage(stage.image_size, total_steps=stage.steps,
+                                      learning_rate=lr, warmup_steps=stage.warmup)
+                every = log_every or max(1, stage.steps // 12)
+                progress = Progress(label, stage.steps, stage.batch_size, every, print_fn, done)
+                ds = setup.dataset(training, stage.image_size, stage.batch_size,
+                                   data.caption_field, seed=seed + index,
+                                   augment_images=data.augment, num_workers=num_workers)
+                with warnings.catch_warnings():  # the pooled output's norm is unused here
+                    warnings.filterwarnings("ignore", "Gradients do not exist for variables")
+                    batches = checkpoints.start_stage(index, captioner, ds)
+                    saving = checkpoints.callback(index, batches, lambda: losses + [
+                        (index, *item) for item in progress.history])
+                    captioner.fit(batches, steps_per_epoch=stage.steps - done, epochs=1,
+                                  verbose=0, shuffle=False,  # Grain shuffles
+                                  callbacks=[progress, *filter(None, [saving]), *callbacks])
+                losses += [(index, step, loss) for step, loss in progress.history]
+                if ds.skipped.total:
+                    print_fn(f"{label} bad records {ds.skipped.summary()}")
+        finally:
+            checkpoints.close()  # the last saves are written in the background
         measured = measures.after(captioner) if report else {}
         if report and isinstance(dataset, SyntheticScenes):  # the only source with probe labels
             measured["encoder_probes"] = encoder_report(captioner, dataset, seed, print_fn)

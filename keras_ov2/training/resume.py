@@ -2,6 +2,7 @@
 that saves it every N steps and at the end of each stage."""
 
 import json
+import os
 import time
 
 import keras
@@ -40,35 +41,42 @@ def check_same(path, what, saved, current, advice):
 
 
 class RunCheckpoints:
-    """The checkpoints of one staged run, in `directory`.
+    """The checkpoints of one staged run, in `directory` (local or `gs://`).
 
     `run`: JSON-serializable facts a resumed run must share with the saved
     one (stages, seed, caption field, ...): a checkpoint of another run or
     model is refused, naming what differs, since resuming it would not give
     the run that was asked for. `stage_steps`: steps of each stage.
-    `directory` None turns checkpointing off (nothing resumed or saved).
+    `data_shards`: how many data shards this run's hosts read (see
+    `TrainingSetup.data_shard`). `directory` None turns checkpointing off
+    (nothing resumed or saved). Call `close` at the end: saves are
+    asynchronous.
     """
 
-    def __init__(self, directory, every, run, stage_steps, keep=3, print_fn=print):
+    def __init__(self, directory, every, run, stage_steps, keep=3, print_fn=print,
+                 data_shards=1):
         if every is not None and every < 1:
             raise ValueError(f"Checkpoint every must be a positive number of steps; got {every}.")
-        self.directory, self.every, self.keep = directory, every, keep
-        self.run, self.stage_steps, self.print_fn = run, list(stage_steps), print_fn
-        self.path, self.stage, self.stage_step = None, 0, 0
+        self.directory = directory
+        self.folder = directory and checkpoint.CheckpointFolder(directory, keep)
+        self.every, self.run, self.stage_steps = every, run, list(stage_steps)
+        self.print_fn, self.data_shards = print_fn, data_shards
+        self.step, self.stage, self.stage_step = None, 0, 0
         self.data_state, self.losses = None, []
 
     def resume(self, model):
         """Restores `model`'s variables from the latest checkpoint, if there
         is one, and remembers where it stopped; returns its folder or None."""
-        path = self.directory and checkpoint.latest_checkpoint(self.directory)
-        if not path:
+        step = self.folder and self.folder.latest()
+        if step is None:
             return None
-        state, self.data_state = checkpoint.read_state(path)
+        state, self.data_state = self.folder.read_state(step, self.data_shards)
+        path = os.path.join(str(self.directory), str(step))
         advice = "Resume with the options of the saved run, or use another checkpoint folder."
         check_same(path, "run", state["run"], self.run, advice)
         check_same(path, "model", state["model"], config_leaves(model.get_config()), advice)
-        checkpoint.restore_model(path, model)
-        self.path, self.stage, self.stage_step = path, state["stage"], state["stage_step"]
+        self.folder.restore_model(step, model)
+        self.step, self.stage, self.stage_step = step, state["stage"], state["stage_step"]
         self.losses = [tuple(item) for item in state["losses"]]
         return path
 
@@ -82,26 +90,32 @@ class RunCheckpoints:
         """`dataset` resumed where the checkpoint left it (a `TrackedBatches`);
         mid-stage, also the optimizer, so the learning-rate schedule goes on
         from the saved step. Call it inside the distribution's scope."""
-        if self.directory is None:
+        if not self.folder:
             return dataset
         done = self.steps_done(stage)
         if done:
-            checkpoint.restore_optimizer(self.path, model)
+            self.folder.restore_optimizer(self.step, model)
         return TrackedBatches(dataset, self.data_state if done else None, done)
 
     def callback(self, stage, batches, history):
         """A Keras callback saving `stage` (None when checkpointing is off);
         `history()` gives the loss history."""
-        if self.directory is None:
+        if not self.folder:
             return None
         return SaveEvery(self, stage, batches, history)
 
     def save(self, model, stage, stage_step, data_state, losses):
+        """Starts saving; returns the checkpoint's global step."""
         step = sum(self.stage_steps[:stage]) + stage_step
         state = dict(stage=stage, stage_step=stage_step, run=self.run, losses=losses,
                      model=config_leaves(model.get_config()))
-        return checkpoint.save_checkpoint(self.directory, step, model, state, data_state,
-                                          self.keep)
+        self.folder.save(step, model, state, data_state, self.data_shards)
+        return step
+
+    def close(self):
+        """Waits until every checkpoint is written."""
+        if self.folder:
+            self.folder.close()
 
 
 class SaveEvery(keras.callbacks.Callback):
@@ -118,8 +132,8 @@ class SaveEvery(keras.callbacks.Callback):
         if (every is None or step % every) and step != last:
             return
         started = time.perf_counter()
-        path = self.checkpoints.save(self.model, self.stage, step,
-                                     self.batches.state_at(step), self.history())
-        size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
-        self.checkpoints.print_fn(f"Saved {path} ({size:.1f} MiB in "
-                                  f"{time.perf_counter() - started:.2f} s)")
+        saved = self.checkpoints.save(self.model, self.stage, step,
+                                      self.batches.state_at(step), self.history())
+        self.checkpoints.print_fn(
+            f"Saving checkpoint {saved} to {self.checkpoints.directory} (training "
+            f"waited {time.perf_counter() - started:.2f} s; written in the background)")

@@ -9,6 +9,7 @@ import os
 
 import keras
 
+from keras_ov2.data.pipeline import default_shard
 from keras_ov2.data.pipeline import make_pretraining_dataset
 from keras_ov2.distribution import data_shard
 from keras_ov2.distribution import make_distribution
@@ -66,17 +67,24 @@ class TrainingSetup:
             return contextlib.nullcontext()
         return self.distribution.scope()
 
+    def data_shard(self):
+        """(shard index, shard count) of this host's data: per the
+        distribution, else each JAX process reads its own shard."""
+        if self.distribution is not None:
+            return data_shard(self.distribution)
+        return default_shard()
+
     def dataset(self, source, image_size, global_batch_size, caption_field, **kwargs):
         """`make_pretraining_dataset` for this host: its shard of the records
-        and its rows of each global batch (all of them without a distribution,
-        where each JAX process reads its own shard, as by default)."""
+        and its rows of each global batch (all of them without a distribution)."""
+        shard_index, shard_count = self.data_shard()
         if self.distribution is not None:
-            shard_index, shard_count = data_shard(self.distribution)
-            kwargs.update(shard_index=shard_index, shard_count=shard_count)
             batch_size = per_host_batch_size(global_batch_size, self.distribution)
         else:
             batch_size = global_batch_size
-        return make_pretraining_dataset(source, image_size, batch_size, caption_field, **kwargs)
+        return make_pretraining_dataset(source, image_size, batch_size, caption_field,
+                                        shard_index=shard_index, shard_count=shard_count,
+                                        **kwargs)
 
 
 def setup_training(preset, mesh=None, layout=None, initialize=None, **captioner_kwargs):

@@ -56,10 +56,16 @@ def to_uint8(images):
 
 
 def cpu_scope():
-    """Grain workers compute on the CPU, never on an accelerator."""
-    if in_grain_data_pipeline():
-        return keras.device("cpu")
-    return contextlib.nullcontext()
+    """Grain workers compute on the CPU, never on an accelerator: on JAX,
+    this process's own CPU ("cpu" is the first process's on several hosts,
+    whose arrays the others cannot read)."""
+    if not in_grain_data_pipeline():
+        return contextlib.nullcontext()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return keras.device(jax.local_devices(backend="cpu")[0])
+    return keras.device("cpu")
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
