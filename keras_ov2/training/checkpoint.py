@@ -29,6 +29,7 @@ a staged run that resumes mid-stage needs the stage, the data position and
 the loss history too, and a match by order.
 """
 
+import json
 import os
 import re
 
@@ -38,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from keras_ov2.data.pipeline import default_shard
 from keras_ov2.training import data_position
 
 NUMBER = re.compile(r"_\d+")
@@ -45,20 +47,6 @@ NUMBER = re.compile(r"_\d+")
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model or run restoring it."""
-
-
-def process_index_and_count():
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.process_index(), jax.process_count()
-    return 0, 1
-
-
-def variable_keys(variables, strip_owner=False):
-    """The variables' paths (without their first part, the optimizer's own
-    name that Keras numbers per instance, when `strip_owner`)."""
-    return [v.path.split("/", 1)[-1] if strip_owner else v.path for v in variables]
 
 
 def saved_value(variable):
@@ -92,7 +80,7 @@ class DataPosition:
         return data_position.json_bytes(self.state)
 
     def set_state(self, state):
-        self.state = data_position.from_json_bytes(state)
+        self.state = json.loads(state)
 
     def start_prefetch(self):
         """Grain's handler calls it after a restore; nothing to start."""
@@ -143,7 +131,7 @@ class CheckpointFolder:
                 [saved_value(v) for v in optimizer.variables])
         if data_state is not None:
             items["data"] = grain.checkpoint.CheckpointSave(DataPosition(data_state))
-        state = {**state, "step": step, "processes": process_index_and_count()[1],
+        state = {**state, "step": step, "processes": default_shard()[1],
                  "data_shards": data_shards, "variables": shapes}
         items["state"] = ocp.args.JsonSave(state)
         self.manager.save(step, args=ocp.args.Composite(**items))
@@ -163,12 +151,12 @@ class CheckpointFolder:
         if not data.exists():
             return state, None
         processes = state["processes"]
-        if (processes, state["data_shards"]) == (process_index_and_count()[1], data_shards):
+        if (processes, state["data_shards"]) == (default_shard()[1], data_shards):
             position = DataPosition()
             self.manager.restore(step, args=ocp.args.Composite(
                 data=grain.checkpoint.CheckpointRestore(position)))
             return state, position.state
-        saved = [data_position.from_json_bytes(
+        saved = [json.loads(
             (data / f"process_{i}-of-{processes}.json").read_bytes())
             for i in range(processes)]
         try:
@@ -226,6 +214,8 @@ class CheckpointFolder:
 
 
 def described(variables, strip_owner=False):
-    """[[path, shape], ...] in order: what `restore` checks."""
-    return [[key, list(v.shape)] for key, v in zip(variable_keys(variables, strip_owner),
-                                                  variables)]
+    """[[path, shape], ...] in order: what `restore` checks. `strip_owner`
+    drops a path's first part, the optimizer's own name, which Keras
+    numbers per instance."""
+    return [[v.path.split("/", 1)[-1] if strip_owner else v.path, list(v.shape)]
+            for v in variables]

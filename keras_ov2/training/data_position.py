@@ -31,10 +31,6 @@ def json_bytes(state):
     return json.dumps(state, default=plain).encode()
 
 
-def from_json_bytes(data):
-    return json.loads(data)
-
-
 def resplit(states, saved_shards, shards, where):
     """The data state each of `shards` data shards resumes from, given the
     states the saving run's hosts wrote (one per host, `saved_shards`
