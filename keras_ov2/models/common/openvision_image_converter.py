@@ -23,8 +23,10 @@ def python_only_error(owner):
 
 
 def standardize_images(images, owner):
-    """Checks an image or a batch of images and returns it as a backend tensor
-    of rank 4, with whether the input was a single (H, W, 3) image."""
+    """Checks an image or a batch of images and returns it at rank 4, with
+    whether the input was a single (H, W, 3) image. NumPy stays NumPy, so a
+    batch that needs no resize crosses a data pipeline without a device
+    computation (on several JAX hosts, one in a Grain thread can fail)."""
     if not ops.is_tensor(images):
         images = np.asarray(images)
         if images.dtype.kind not in "iuf":
@@ -40,9 +42,8 @@ def standardize_images(images, owner):
             f"{owner} expects an RGB image of shape (height, width, 3) or a "
             f"batch of shape (batch, height, width, 3); received shape {shape}."
         )
-    images = ops.convert_to_tensor(images)
     if len(shape) == 3:
-        return ops.expand_dims(images, 0), True
+        return images[None], True
     return images, False
 
 
@@ -50,6 +51,8 @@ def to_uint8(images):
     """Rounds and clips 0-255 pixel values into uint8."""
     if keras.backend.standardize_dtype(images.dtype) == "uint8":
         return images
+    if isinstance(images, np.ndarray):
+        return np.clip(np.round(images), 0, 255).astype("uint8")
     if "float" in keras.backend.standardize_dtype(images.dtype):
         images = ops.round(images)
     return ops.cast(ops.clip(images, 0, 255), "uint8")
@@ -142,11 +145,11 @@ class OpenVision2ImageConverter(keras_hub.layers.ImageConverter):
         normalize = self.normalize if normalize is None else normalize
         with cpu_scope():
             images, unbatched = standardize_images(inputs, type(self).__name__)
-            if self.image_size is not None:
+            if self.image_size not in (None, tuple(images.shape[1:3])):
                 images = self.resizing(images)
             images = self.normalization(images) if normalize else to_uint8(images)
             if unbatched:
-                images = ops.squeeze(images, 0)
+                images = images[0]
         return convert_preprocessing_outputs_python(images)
 
     def get_config(self):
