@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 
+from ov2_vs_ov1 import ENCODER_PRESETS
 from step_measure import backend_line
 from step_measure import caption_batch
 from step_measure import ov1_batch
@@ -43,10 +44,6 @@ from step_measure import print_columns
 from step_measure import print_result
 from step_measure import run_workers
 
-ENCODER_PRESETS = {
-    "ti16": ("openvision_clips_vit_tiny_patch16_84", "openvision2_captioner_vit_tiny_patch16_84"),
-    "s16": ("openvision_clips_vit_small_patch16_84", "openvision2_captioner_vit_small_patch16_84"),
-}
 OV2_KEEP_RATIO = 0.35
 MIB = 2.0**-20
 
