@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_ov2.durable import fsync_path
 from step_measure import load_average
 from step_measure import machine
 from step_measure import print_columns
@@ -134,13 +135,9 @@ class Gathered:
         for name, variables in (("model.npz", model.variables),
                                 ("optimizer.npz", model.optimizer.variables)):
             arrays = {f"{i}:{v.path}": np.asarray(v.value) for i, v in enumerate(variables)}
-            with open(folder / name, "wb") as file:
-                np.savez(file, **arrays)
-                file.flush()
-                os.fsync(file.fileno())
-        descriptor = os.open(folder, os.O_RDONLY)
-        os.fsync(descriptor)
-        os.close(descriptor)
+            np.savez(folder / name, **arrays)
+            fsync_path(folder / name)
+        fsync_path(folder)
 
     def wait(self):
         pass

@@ -39,10 +39,12 @@ import time
 from ov2_vs_ov1 import ENCODER_PRESETS
 from step_measure import backend_line
 from step_measure import caption_batch
+from step_measure import compile_train_step
 from step_measure import ov1_batch
 from step_measure import print_columns
 from step_measure import print_result
 from step_measure import run_workers
+from step_measure import xla_peak_bytes
 
 OV2_KEEP_RATIO = 0.35
 MIB = 2.0**-20
@@ -154,14 +156,8 @@ def run_worker(args):
         length = model.preprocessor.sequence_length
         batch = caption_batch(args.batch_size, size, length, model.decoder.vocabulary_size)
     model.compile(learning_rate=1e-4, total_steps=1000)
-    model._symbolic_build(data_batch=batch)  # the variables and slots `fit` builds
-    state = tuple([v.value for v in variables] for variables in (
-        model.trainable_variables, model.non_trainable_variables,
-        model.optimizer.variables, model.metrics_variables))
-    compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, batch).compile()
-    memory = compiled.memory_analysis()
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    compiled, _, _ = compile_train_step(model, batch)
+    peak = xla_peak_bytes(compiled.memory_analysis())
     buffers = read_dump(dump)
     shutil.rmtree(dump)
     return {"model": args.worker, "buffers": buffers, "xla_peak_bytes": peak,

@@ -195,26 +195,42 @@ def timed(run, steps, cpu_times=None):
     return times
 
 
-def measure_train_step(model, x, y, sample_weight, steps):
-    """Compiles `model.train_step` the way Keras' `fit` does on JAX (state
-    donated), then times `steps` runs after one warmup run. `model` is
-    compiled already. Returns a dict of figures (see the module docstring)."""
+def compile_train_step(model, batch):
+    """`model.train_step` compiled the way Keras' `fit` does on JAX (state
+    donated), with the model, metrics and optimizer slots built as `fit`
+    builds them. `model` is compiled already. Returns (compiled step,
+    state, batch on the device)."""
     import jax
-    import keras
-    import numpy as np
 
-    # Build the model, the metrics and the optimizer slots as `fit` does.
-    model._symbolic_build(data_batch=(x, y, sample_weight))
+    model._symbolic_build(data_batch=batch)
     state = (
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
         [v.value for v in model.optimizer.variables],
         [v.value for v in model.metrics_variables],
     )
-    data = jax.device_put((x, y, sample_weight))
+    data = jax.device_put(batch)
+    compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, data).compile()
+    return compiled, state, data
+
+
+def xla_peak_bytes(memory):
+    """What a compiled step needs live at once, from its `memory_analysis()`:
+    arguments + outputs - donated aliases + temporaries."""
+    return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+
+
+def measure_train_step(model, x, y, sample_weight, steps):
+    """Compiles `model.train_step` (see `compile_train_step`), then times
+    `steps` runs after one warmup run. `model` is compiled already. Returns
+    a dict of figures (see the module docstring)."""
+    import jax
+    import keras
+    import numpy as np
 
     start = time.perf_counter()
-    compiled = jax.jit(model.train_step, donate_argnums=0).lower(state, data).compile()
+    compiled, state, data = compile_train_step(model, (x, y, sample_weight))
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -243,12 +259,7 @@ def measure_train_step(model, x, y, sample_weight, steps):
         raise RuntimeError(f"train step returned a non-finite loss: {loss}")
 
     mb = 2.0**-20
-    peak_bytes = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes
-    )
+    peak_bytes = xla_peak_bytes(memory)
     return {
         "parameters": int(model.count_params()),
         "compile_s": compile_s,

@@ -7,14 +7,12 @@ shards of the Orbax checkpoints every 2 steps, and are SIGKILLed after step
 5 (every token kept: see tests/multi_host_run.py). The run then resumes as
 one process with 8 devices under the tensor layout: Orbax reads the arrays
 into the new shardings and the two hosts' data positions are re-split for
-one. Its losses must be an uninterrupted
-one-process run's, step for step.
+one. Its losses must be an uninterrupted one-process run's, step for step.
 """
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +24,10 @@ import pytest
 from tests import checkpoint_run
 from tests.test_checkpoint import ROOT
 from tests.test_checkpoint import jax_env
+from tests.test_multi_process import free_port
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
                                 reason="keras.distribution and multi-process JAX are JAX-only")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def host(tmp_path, name, checkpoints, devices, mesh, layout, kill_after=0, process=None,
@@ -45,11 +38,12 @@ def host(tmp_path, name, checkpoints, devices, mesh, layout, kill_after=0, proce
                    KERAS_DISTRIBUTION_NUM_PROCESSES="2",
                    KERAS_DISTRIBUTION_PROCESS_ID=str(process))
         name = f"{name}_{process}"
-    log = open(tmp_path / f"{name}.txt", "w")
     command = [sys.executable, "-m", "tests.multi_host_run", str(tmp_path / "preset"),
                str(tmp_path / checkpoints), str(tmp_path / name), mesh,
                layout, str(kill_after)]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / f"{name}.txt", "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def wait_all(processes, timeout):
@@ -88,11 +82,11 @@ def test_two_hosts_killed_mid_stage_resume_on_one_with_another_layout(tmp_path):
     saved = sorted(int(p) for p in os.listdir(tmp_path / "ckpt") if p.isdigit())
     assert saved and saved[-1] in (2, 4)  # the save after step 4 may not have finished
     step = saved[-1]
-    saved = tmp_path / "ckpt" / str(step)
-    data = sorted(p for p in os.listdir(saved / "data") if p.endswith(".json"))
+    folder = tmp_path / "ckpt" / str(step)
+    data = sorted(p for p in os.listdir(folder / "data") if p.endswith(".json"))
     assert data == ["process_0-of-2.json", "process_1-of-2.json"]  # one per host
     for item in ("model", "optimizer"):  # each host wrote its own shards
-        assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(saved / item))
+        assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(folder / item))
 
     uninterrupted = host(tmp_path, "uninterrupted", "ckpt_u", 8, "data=8", "fsdp")
     assert uninterrupted.wait(400) == 0, output(tmp_path, "uninterrupted")[-3000:]
