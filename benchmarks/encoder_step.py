@@ -31,6 +31,7 @@ from keras_ov2 import flops
 from step_measure import ENCODERS
 from step_measure import build_backbone
 from step_measure import encoder_size
+from step_measure import jax_matmul_peak
 from step_measure import load_average
 from step_measure import machine
 from step_measure import print_result
@@ -74,23 +75,11 @@ def timed_steps(run, steps):
 # ----------------------------------------------------------------------------
 
 
-def jax_matmul_peak():
-    """GFLOP/s of a jitted 2048x2048 float32 matmul, best of 20."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((PEAK_SIZE, PEAK_SIZE), "float32")
-    matmul = jax.jit(lambda a, b: a @ b)
-    matmul(a, a).block_until_ready()
-    best = min(timed(lambda: matmul(a, a).block_until_ready(), 20))
-    return 2 * PEAK_SIZE**3 / best / 1e9
-
-
 def run_keras_ov2(args):
     import jax
     import keras
 
-    peak = jax_matmul_peak()
+    peak = jax_matmul_peak(PEAK_SIZE)
     keras.utils.set_random_seed(0)
     backbone = build_backbone(args.model, projection_dim=encoder_size(args.model)[1].width)
     optimizer = keras.optimizers.AdamW(1e-4, beta_1=0.9, beta_2=0.95, weight_decay=0.2)

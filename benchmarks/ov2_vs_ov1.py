@@ -79,6 +79,35 @@ def parse_args(argv=None):
     return args
 
 
+def train_inputs(model, kind, keep, size, batch_size):
+    """A random train batch (x, y, sample_weight) of `batch_size` images at
+    `size` px for `model` (kind "ov1": `OpenVisionCLIPS`, "ov2": a captioner
+    at keep ratio `keep`), and its analytic forward FLOPs per image
+    (`keras_ov2.flops`, split by part)."""
+    from keras_ov2 import flops
+
+    if kind == "ov1":
+        batch = ov1_batch(model, batch_size, size)
+        forward = flops.clips_flops(
+            model.backbone.get_config(),
+            model.text_encoder.get_config(),
+            model.decoder.get_config(),
+            size,
+            text_length=model.preprocessor.sequence_length,
+        )
+    else:
+        length = model.preprocessor.sequence_length
+        batch = caption_batch(batch_size, size, length, model.decoder.vocabulary_size)
+        forward = flops.captioner_flops(
+            model.backbone.get_config(),
+            model.decoder.get_config(),
+            size,
+            keep_ratio=keep,
+            sequence_length=length,
+        )
+    return batch, forward
+
+
 def run_worker(args):
     import keras
 
@@ -92,25 +121,9 @@ def run_worker(args):
     ov1_preset, ov2_preset = ENCODER_PRESETS[encoder]
     if kind == "ov1":
         model = OpenVisionCLIPS.from_preset(ov1_preset, load_weights=False)
-        batch = ov1_batch(model, args.batch_size, size)
-        forward = flops.clips_flops(
-            model.backbone.get_config(),
-            model.text_encoder.get_config(),
-            model.decoder.get_config(),
-            size,
-            text_length=model.preprocessor.sequence_length,
-        )
     else:
         model = load_captioner(ov2_preset, keep_ratio=keep, seed=0)
-        length = model.preprocessor.sequence_length
-        batch = caption_batch(args.batch_size, size, length, model.decoder.vocabulary_size)
-        forward = flops.captioner_flops(
-            model.backbone.get_config(),
-            model.decoder.get_config(),
-            size,
-            keep_ratio=keep,
-            sequence_length=length,
-        )
+    batch, forward = train_inputs(model, kind, keep, size, args.batch_size)
     model.compile(learning_rate=1e-4, total_steps=1000)
     measured = measure_train_step(model, *batch, args.steps)
     return {

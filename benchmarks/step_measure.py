@@ -2,9 +2,10 @@
 runs in its own process, and how a compiled Keras train step on JAX is
 measured (time, XLA FLOPs, memory).
 
-Used by `keep_ratio.py`, `memory_options.py`, `ov2_vs_ov1.py` (train steps),
-`encoder_step.py`, `convert_memory.py`, `pretrain_backends.py` and
-`probe_comparison.py` (the machine line, subprocesses, peak memory). Each
+Used by `keep_ratio.py`, `memory_options.py`, `ov2_vs_ov1.py`,
+`accelerator_step.py` (train steps), `encoder_step.py` (the matmul peak),
+`convert_memory.py`, `pretrain_backends.py` and `probe_comparison.py` (the
+machine line, subprocesses, peak memory). Each
 configuration runs in its own process (see `run_in_subprocess`), so its peak
 memory is its own. Importing this module loads no Keras: the models are built
 by functions that import it.
@@ -193,6 +194,20 @@ def timed(run, steps, cpu_times=None):
         if cpu_times is not None:
             cpu_times.append(time.process_time() - cpu)
     return times
+
+
+def jax_matmul_peak(size=2048, dtype="float32", repeats=20):
+    """GFLOP/s of a jitted `size`^3 matmul in `dtype` on JAX's default
+    device, the best of `repeats`: the peak a step's FLOP/s are a fraction
+    of, measured in the same run so that it sees the same machine."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda a, b: a @ b)
+    matmul(a, a).block_until_ready()
+    best = min(timed(lambda: matmul(a, a).block_until_ready(), repeats))
+    return 2 * size**3 / best / 1e9
 
 
 def compile_train_step(model, batch):
