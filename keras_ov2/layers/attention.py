@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_ov2.layers import lean_gradients
+
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
 class MultiHeadSelfAttention(keras.layers.Layer):
@@ -77,7 +79,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             value = ops.slice_update(cache[:, 1], start, value)
             cache = ops.stack([key, value], axis=1)
         mask = None if attention_mask is None else attention_mask[:, None]
-        attended = ops.dot_product_attention(query, key, value, mask=mask)
+        if lean_gradients.lean_gradients_apply():
+            attended = lean_gradients.attention(query, key, value, mask=mask)
+        else:
+            attended = ops.dot_product_attention(query, key, value, mask=mask)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         attended = ops.reshape(attended, (batch, length, -1))
         output = self.output_dense(attended)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_ov2.layers import lean_gradients
 from keras_ov2.layers.attention import MultiHeadSelfAttention
 
 
@@ -65,7 +66,7 @@ class TransformerBlock(keras.layers.Layer):
         dim = input_shape[-1]
 
         def norm(name):
-            layer = keras.layers.LayerNormalization(
+            layer = lean_gradients.LeanLayerNormalization(
                 epsilon=self.layer_norm_epsilon,
                 dtype=self.dtype_policy,
                 name=name,
@@ -109,9 +110,11 @@ class TransformerBlock(keras.layers.Layer):
             attended, cache = attended
         x = x + attended
         hidden = self.mlp_intermediate(self.mlp_norm(x))
-        hidden = keras.activations.gelu(
-            hidden, approximate=self.activation == "gelu_approximate"
-        )
+        approximate = self.activation == "gelu_approximate"
+        if lean_gradients.lean_gradients_apply():
+            hidden = lean_gradients.gelu(hidden, approximate=approximate)
+        else:
+            hidden = keras.activations.gelu(hidden, approximate=approximate)
         x = x + self.mlp_output(hidden)
         return x if cache is None else (x, cache)
 
