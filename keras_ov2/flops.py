@@ -14,7 +14,11 @@ LayerNorm, GELU, softmax, residual adds, the mean pooling, the loss. On
 widths of a few hundred these are a few percent of XLA's own count
 (see tests/test_flops.py). A training step is counted as 3 x forward (the
 backward pass does two products per forward product); it slightly
-overcounts, since no gradient is taken with respect to the images.
+overcounts, since no gradient is taken with respect to the images. These
+are model FLOPs, the basis of MFU: what the backward pass recomputes to
+save memory (the vocabulary head's logits under the fused caption loss,
+the attention scores of `keras_ov2.layers.lean_gradients`) is executed
+but not counted, so XLA's own count of a train step is higher.
 
 The functions take sizes, not model objects, so they also serve for
 configurations too large to build; `*_from_config` helpers read a model's
