@@ -81,7 +81,8 @@ def _gelu_tanh(x):
 
 def gelu(x, approximate=False):
     """`keras.activations.gelu(x, approximate)`, keeping only `x` for the
-    backward pass (float32 math for the derivative, in x's dtype)."""
+    backward pass; the derivative is computed in x's dtype, as autodiff
+    of Keras' GELU does."""
     return _gelu_tanh(x) if approximate else _gelu_exact(x)
 
 
