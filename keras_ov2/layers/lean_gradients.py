@@ -134,10 +134,8 @@ def attention(query, key, value, mask=None):
     fill."""
     scale = 1.0 / math.sqrt(query.shape[-1])
     query, key, value = (ops.transpose(x, (0, 2, 1, 3)) for x in (query, key, value))
-    if mask is None:
-        attended = _attention(scale)(query, key, value)
-    else:
-        attended = _masked_attention(scale)(query, key, value, ops.cast(mask, "bool"))
+    masks = () if mask is None else (ops.cast(mask, "bool"),)
+    attended = _attention(scale)(query, key, value, *masks)
     return ops.transpose(attended, (0, 2, 1, 3))
 
 
@@ -175,31 +173,18 @@ def _attention_backward(query, key, value, scale, mask, log_sum_exp, upstream):
 
 def _attention(scale):
     @ops.custom_gradient
-    def attend(query, key, value):
-        output, log_sum_exp = _attention_forward(query, key, value, scale, None)
-
-        def grad(*args, upstream=None):
-            upstream = args[0] if upstream is None else upstream
-            return _attention_backward(
-                query, key, value, scale, None, log_sum_exp, upstream
-            )
-
-        return output, grad
-
-    return attend
-
-
-def _masked_attention(scale):
-    @ops.custom_gradient
-    def attend(query, key, value, mask):
-        output, log_sum_exp = _attention_forward(query, key, value, scale, mask)
+    def attend(query, key, value, *mask):
+        """`mask`: none, or one boolean tensor. An argument, not a closure,
+        so that PyTorch's autograd saves it; it gets no gradient."""
+        mask_or_none = mask[0] if mask else None
+        output, log_sum_exp = _attention_forward(query, key, value, scale, mask_or_none)
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
             grads = _attention_backward(
-                query, key, value, scale, mask, log_sum_exp, upstream
+                query, key, value, scale, mask_or_none, log_sum_exp, upstream
             )
-            return (*grads, None)
+            return (*grads, *(None for _ in mask))
 
         return output, grad
 
