@@ -47,14 +47,16 @@ def tensors(*arrays):
 
 
 @pytest.mark.parametrize("approximate", [False, True])
-def test_gelu_equals_keras_gelu_and_its_gradient(approximate):
+def test_gelu_dense_equals_keras_gelu_then_matmul_and_its_gradients(approximate):
     rng = np.random.default_rng(0)
-    x = (3 * rng.normal(size=(2, 7, 16))).astype("float32")
-    weights = rng.normal(size=x.shape).astype("float32")
+    hidden = (3 * rng.normal(size=(2, 7, 16))).astype("float32")
+    kernel = rng.normal(size=(16, 5)).astype("float32")
+    bias = rng.normal(size=5).astype("float32")
+    weights = rng.normal(size=(2, 7, 5)).astype("float32")
     check_same(
-        lambda x: lean_gradients.gelu(x, approximate=approximate),
-        lambda x: keras.activations.gelu(x, approximate=approximate),
-        tensors(x),
+        lambda h, k, b: lean_gradients.gelu_dense(h, k, b, approximate=approximate),
+        lambda h, k, b: keras.activations.gelu(h, approximate=approximate) @ k + b,
+        tensors(hidden, kernel, bias),
         weights,
     )
 
@@ -98,7 +100,7 @@ def test_bfloat16_inputs_keep_their_dtype_and_follow_float32():
     normalized = lean_gradients.layer_norm(
         x16, ops.ones((8,)), ops.zeros((8,)), 1e-6
     )
-    activated = lean_gradients.gelu(x16)
+    activated = lean_gradients.gelu_dense(x16, np.ones((8, 4), "float32"), np.zeros(4, "float32"))
     for out in (attended, normalized, activated):
         assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert_close(ops.cast(attended, "float32"), lean_gradients.attention(x, x, x), rtol=2e-2)
@@ -168,3 +170,35 @@ def test_compiled_backward_keeps_no_attention_probabilities():
     plain = temp_bytes(lambda q, k, v: ops.dot_product_attention(q, k, v))
     probabilities = 4 * 8 * 4 * 64 * 64 * 4  # every layer's, float32
     assert plain - lean > probabilities, (lean, plain)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="XLA's memory analysis of a compiled step: JAX's compiler",
+)
+def test_compiled_backward_keeps_one_mlp_width_array_per_gelu_dense():
+    """Each further MLP (GELU, then the output projection) adds about one
+    array of the MLP's width to the compiled gradient's temporary memory:
+    its GELU input. Autodiff keeps about four (the input, the activation
+    and the GELU's terms), and so does `gelu_dense` if the compiler merges
+    the recomputed activation with the forward pass's (see `_recomputed`)."""
+    import jax
+
+    def loss(x, kernels):
+        for widen, project in kernels:
+            x = x + lean_gradients.gelu_dense(x @ widen, project, np.zeros(16, "float32"))
+        return ops.sum(ops.square(x))
+
+    x = np.ones((8, 64, 16), "float32")
+
+    def temp_bytes(depth):
+        kernels = [
+            (np.full((16, 256), 0.01, "float32"), np.full((256, 16), 0.01, "float32"))
+            for _ in range(depth)
+        ]
+        compiled = jax.jit(jax.grad(loss, argnums=1)).lower(x, kernels).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    mlp_width_array = 8 * 64 * 256 * 4
+    per_mlp = (temp_bytes(8) - temp_bytes(4)) / 4
+    assert per_mlp < 1.5 * mlp_width_array, per_mlp / mlp_width_array

@@ -9,7 +9,8 @@ most of a train step's peak memory (`benchmarks/step_buffers.py`). The
 functions here give the same outputs and gradients (to float32 rounding)
 and keep only:
 
-- `gelu`: its input;
+- `gelu_dense` (an MLP's GELU, then its output projection): the GELU's
+  input alone, not also the activation the projection's gradient reads;
 - `layer_norm`: the normalised input and one inverse deviation per row;
 - `attention`: queries, keys, values and one log-sum-exp per row; the
   backward pass recomputes the probabilities from them, as flash attention
@@ -20,8 +21,8 @@ S/16, batch 32, 224 px; `benchmarks/README.md`), mostly from attention
 laid out heads-major.
 
 PyTorch's own kernels (`F.gelu`, `F.layer_norm`, `scaled_dot_product_attention`)
-already keep this little, so on PyTorch the layers call those instead
-(`lean_gradients_apply`).
+already keep this little, except the MLP's activation, so on PyTorch the
+layers call those instead (`lean_gradients_apply`).
 """
 
 import math
@@ -54,36 +55,51 @@ def lean_gradients_apply():
     return keras.backend.backend() in ("jax", "tensorflow")
 
 
-@ops.custom_gradient
-def _gelu_exact(x):
-    def grad(*args, upstream=None):
-        upstream = args[0] if upstream is None else upstream
-        inputs = _recomputed(x, upstream)
-        cdf = 0.5 * ops.erfc(-inputs * SQRT_HALF)
-        pdf = INV_SQRT_2PI * ops.exp(-0.5 * ops.square(inputs))
-        return upstream * (cdf + inputs * pdf)
-
-    return keras.activations.gelu(x, approximate=False), grad
-
-
-@ops.custom_gradient
-def _gelu_tanh(x):
-    def grad(*args, upstream=None):
-        upstream = args[0] if upstream is None else upstream
-        inputs = _recomputed(x, upstream)
-        square = ops.square(inputs)
-        t = ops.tanh(TANH_SCALE * (inputs + TANH_CUBIC * inputs * square))
-        slope = TANH_SCALE * (1.0 + 3.0 * TANH_CUBIC * square)
-        return upstream * (0.5 * (1.0 + t) + 0.5 * inputs * (1.0 - ops.square(t)) * slope)
-
-    return keras.activations.gelu(x, approximate=True), grad
+def _gelu_and_slope(x, approximate):
+    """GELU(x) and its derivative, computed from shared terms."""
+    if approximate:
+        square = ops.square(x)
+        t = ops.tanh(TANH_SCALE * (x + TANH_CUBIC * x * square))
+        d_inner = TANH_SCALE * (1.0 + 3.0 * TANH_CUBIC * square)
+        slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - ops.square(t)) * d_inner
+        return 0.5 * x * (1.0 + t), slope
+    cdf = 0.5 * ops.erfc(-x * SQRT_HALF)
+    pdf = INV_SQRT_2PI * ops.exp(-0.5 * ops.square(x))
+    return x * cdf, cdf + x * pdf
 
 
-def gelu(x, approximate=False):
-    """`keras.activations.gelu(x, approximate)`, keeping only `x` for the
-    backward pass; the derivative is computed in x's dtype, as autodiff
-    of Keras' GELU does."""
-    return _gelu_tanh(x) if approximate else _gelu_exact(x)
+def gelu_dense(hidden, kernel, bias, approximate=False):
+    """`gelu(hidden) @ kernel + bias`: an MLP's activation and output
+    projection, keeping only `hidden` for the backward pass. Through
+    autodiff the projection would also keep its input, the activation, a
+    second array of the MLP's width; here the backward pass recomputes it
+    (from the terms the derivative needs anyway). `kernel` (in, out) and
+    `bias` (out,) are cast to hidden's dtype, in which everything is
+    computed."""
+    kernel, bias = (ops.cast(ops.copy(w), hidden.dtype) for w in (kernel, bias))
+    return _gelu_dense(approximate)(hidden, kernel, bias)
+
+
+def _gelu_dense(approximate):
+    @ops.custom_gradient
+    def project(hidden, kernel, bias):
+        activation = keras.activations.gelu(hidden, approximate=approximate)
+        outputs = ops.matmul(activation, kernel) + bias
+
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            d_activation = ops.matmul(upstream, ops.transpose(kernel))
+            activation, slope = _gelu_and_slope(
+                _recomputed(hidden, d_activation), approximate
+            )
+            rows_in = ops.reshape(activation, (-1, kernel.shape[0]))
+            rows_out = ops.reshape(upstream, (-1, kernel.shape[1]))
+            d_kernel = ops.matmul(ops.transpose(rows_in), rows_out)
+            return d_activation * slope, d_kernel, ops.sum(rows_out, axis=0)
+
+        return outputs, grad
+
+    return project
 
 
 def layer_norm(x, gamma, beta, epsilon):

@@ -112,10 +112,13 @@ class TransformerBlock(keras.layers.Layer):
         hidden = self.mlp_intermediate(self.mlp_norm(x))
         approximate = self.activation == "gelu_approximate"
         if lean_gradients.lean_gradients_apply():
-            hidden = lean_gradients.gelu(hidden, approximate=approximate)
+            mlp_output = self.mlp_output
+            x = x + lean_gradients.gelu_dense(
+                hidden, mlp_output.kernel, mlp_output.bias, approximate=approximate
+            )
         else:
             hidden = keras.activations.gelu(hidden, approximate=approximate)
-        x = x + self.mlp_output(hidden)
+            x = x + self.mlp_output(hidden)
         return x if cache is None else (x, cache)
 
     def compute_output_shape(self, input_shape):
