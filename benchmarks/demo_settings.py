@@ -31,6 +31,7 @@ PRESET = "openvision2_captioner_tiny_patch14_84"
 SETTINGS = {
     "base": dict(),
     "keep1.0": dict(keep_ratio=1.0),
+    "lr1e-3": dict(learning_rate=1e-3),
     "lr2e-3": dict(learning_rate=2e-3),
     "prefix": dict(attention_mask="prefix"),
     "patch7": dict(patch_size=7),

@@ -105,7 +105,7 @@ tokens). `keras_ov2.training.pretrain` prints the held-out loss before and
 after, captions of held-out scenes, and linear probes of the encoder against
 a random one.
 
-This is a shorter run than `ov2 pretrain`'s default (1,000 steps), at a
+This is a shorter run than `ov2 pretrain`'s default (2,000 steps), at a
 higher learning rate, so that the whole guide stays within a few minutes:
 the encoder learns colours, counts and sizes, barely shapes.
 """

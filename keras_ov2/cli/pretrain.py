@@ -55,7 +55,7 @@ def add_pretrain_parser(commands):
                    'synthetic captions; "short_caption" is their alt-text)')
     p.add_argument("--stages", type=parse_stages,
                    help="image_size:steps:batch_size[:lr[:warmup_steps]],... (default "
-                   "84:1000:16::50); warmup defaults to steps // 250, as the authors' "
+                   "84:2000:16::100); warmup defaults to steps // 250, as the authors' "
                    "84 px stage (1,563 of 390,981)")
     p.add_argument("--keep-ratio", type=float, help="fraction of visual tokens kept in training "
                    f"(default: the authors' {KEEP_RATIO}, on every source)")
