@@ -180,8 +180,9 @@ def test_compiled_backward_keeps_one_mlp_width_array_per_gelu_dense():
     """Each further MLP (GELU, then the output projection) adds about one
     array of the MLP's width to the compiled gradient's temporary memory:
     its GELU input. Autodiff keeps about four (the input, the activation
-    and the GELU's terms), and so does `gelu_dense` if the compiler merges
-    the recomputed activation with the forward pass's (see `_recomputed`)."""
+    and the GELU's terms), and `gelu_dense` keeps more still if the
+    compiler merges the recomputed activation with the forward pass's (see
+    `_recomputed`)."""
     import jax
 
     def loss(x, kernels):
