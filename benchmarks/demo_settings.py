@@ -23,9 +23,9 @@ from step_measure import machine
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-PRESET = "openvision2_captioner_tiny_patch14_84"
 # Each setting changes `ov2 pretrain`'s defaults ("base") in one or more places:
-#   patch_size, attention_mask, encoder_layers, decoder_layers: the captioner;
+#   preset (the scenes' vocabulary, or the 32,000 rows of BERT's), patch_size,
+#   attention_mask, encoder_layers, decoder_layers: the captioner;
 #   max_objects, position_grid: the scenes;
 #   learning_rate, keep_ratio, caption_field, batch_size: the run.
 SETTINGS = {
@@ -33,6 +33,7 @@ SETTINGS = {
     "keep1.0": dict(keep_ratio=1.0),
     "lr1e-3": dict(learning_rate=1e-3),
     "lr2e-3": dict(learning_rate=2e-3),
+    "bert_vocab": dict(preset="openvision2_captioner_tiny_patch14_84"),
     "prefix": dict(attention_mask="prefix"),
     "patch7": dict(patch_size=7),
     "patch7_prefix": dict(patch_size=7, attention_mask="prefix"),
@@ -45,9 +46,10 @@ SETTINGS = {
     "objects3_lr2e-3": dict(max_objects=3, learning_rate=2e-3),
     "objects3_grid6": dict(max_objects=3, position_grid=6),
 }
-DEFAULTS = dict(keep_ratio=0.35, learning_rate=5e-4, patch_size=14, attention_mask="causal",
-                encoder_layers=4, decoder_layers=2, max_objects=2, position_grid=12,
-                caption_field="caption", batch_size=16)
+DEFAULTS = dict(preset="openvision2_captioner_scenes_patch14_84", keep_ratio=0.35,
+                learning_rate=5e-4, patch_size=14, attention_mask="causal", encoder_layers=4,
+                decoder_layers=2, max_objects=2, position_grid=12, caption_field="caption",
+                batch_size=16)
 
 
 def parse_args(argv=None):
@@ -71,16 +73,17 @@ def say(*parts):
 
 
 def captioner_folder(setting, folder):
-    """The demo preset with the setting's patch size, depths and decoder
+    """The setting's preset with its patch size, depths and decoder
     mask, saved (random weights) to `folder`."""
     from keras_ov2.models.openvision2.openvision2_captioner import OpenVision2Captioner
 
-    captioner = OpenVision2Captioner.from_preset(PRESET, load_weights=False)
+    captioner = OpenVision2Captioner.from_preset(setting["preset"], load_weights=False)
     config = captioner.get_config()
     config["backbone"]["config"]["patch_size"] = setting["patch_size"]
     config["backbone"]["config"]["num_layers"] = setting["encoder_layers"]
     config["decoder"]["config"]["attention_mask"] = setting["attention_mask"]
     config["decoder"]["config"]["num_layers"] = setting["decoder_layers"]
+    config["preprocessor"] = captioner.preprocessor  # the preset's tokenizer, as loaded
     OpenVision2Captioner.from_config(config).save_to_preset(folder)
     return folder
 

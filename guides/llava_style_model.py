@@ -96,8 +96,9 @@ A released encoder would be loaded by name,
 (the first call downloads and converts the authors' checkpoint; see the
 [released checkpoints guide](released_checkpoints.ipynb)). To stay offline
 and small, we pretrain our own: the demo captioner
-`openvision2_captioner_tiny_patch14_84` (an encoder 128 wide and 4 blocks
-deep, patch 14, at 84 px, and a 2-block caption decoder) on the built-in
+`openvision2_captioner_scenes_patch14_84` (an encoder 128 wide and 4 blocks
+deep, patch 14, at 84 px, and a 2-block caption decoder over the scenes' 37
+word-pieces) on the built-in
 `SyntheticScenes`, images of one or two coloured shapes with captions such as
 "two shapes: a small red circle and a large blue square from left to right.
 ...", with OpenVision 2's recipe (the decoder sees a random 35% of the patch
@@ -105,7 +106,7 @@ tokens). `keras_ov2.training.pretrain` prints the held-out loss before and
 after, captions of held-out scenes, and linear probes of the encoder against
 a random one.
 
-This is a shorter run than `ov2 pretrain`'s default (2,000 steps), at a
+This is a shorter run than `ov2 pretrain`'s default (5,000 steps), at a
 higher learning rate, so that the whole guide stays within a few minutes:
 the encoder learns colours, counts and sizes, barely shapes.
 """

@@ -113,14 +113,17 @@ weights. Here we train a model of our own instead.
 
 ## Pretrain a demo captioner
 
-`openvision2_captioner_tiny_patch14_84` is a demo-size captioner (an encoder
-128 wide and 4 blocks deep, patch 14, and a 2-block decoder) meant to be
-pretrained on the built-in `SyntheticScenes`: images of coloured shapes with
-detailed captions such as "two shapes: a small red circle and a large blue
-square from left to right. the red circle is left of and below the blue
-square." `keras_ov2.training.pretrain` runs the recipe behind `ov2 pretrain`:
-AdamW, warmup then cosine, at 84 px, and OpenVision 2's token masking: the
-decoder sees a random 35% of the encoder's patch tokens at every step.
+`keras_ov2.training.pretrain` runs the recipe behind `ov2 pretrain` on the
+built-in `SyntheticScenes`: images of coloured shapes with detailed captions
+such as "two shapes: a small red circle and a large blue square from left to
+right. the red circle is left of and below the blue square." It trains the
+captioner the scenes recommend, `openvision2_captioner_scenes_patch14_84`: a
+demo-size encoder (128 wide, 4 blocks, patch 14) and 2-block decoder, with a
+tokenizer of the 37 word-pieces the scenes' captions use (the authors' BERT
+vocabulary, in `openvision2_captioner_tiny_patch14_84`, would make its
+32,000-row output layer most of the step). The recipe: AdamW, warmup then
+cosine, at 84 px, and OpenVision 2's token masking: the decoder sees a
+random 35% of the encoder's patch tokens at every step.
 It prints the held-out loss before and after; captions of held-out scenes,
 generated from views of the tokens drawn as in training, and how often each
 object's count, colour, shape and size come out right; and linear probes of
@@ -132,12 +135,12 @@ log = pretrain(stages=stages, output_dir="ov2_tiny_captioner")
 
 """
 The loss is the token-level cross-entropy times 2 (the authors' weight), so
-an untrained model starts near 21: uniform guesses over the decoder's 32,000
-vocabulary rows would give 2 x ln(32,000) = 20.7, and random weights do a
-little worse. With the full 2,000 steps (about 8 minutes on 2 CPU cores)
-it ends near 0.4: count and colour come out right for most objects, and
-shapes for about 40% of them. Shapes take longer: 10,000 steps get every
-object right (see the README).
+an untrained model starts near 8.6: uniform guesses over the decoder's 37
+vocabulary rows would give 2 x ln(37) = 7.2, and random weights do a little
+worse. With the full 5,000 steps (about 7.5 minutes on 2 CPU cores) it ends
+near 0.19: count, colour and size come out right for every object, shapes
+for about 80% of them, and the encoder beats the random one on every probe
+(see the README).
 
 The run wrote a captioner preset: the encoder, the decoder, the tokenizer and
 the image converter, plus `pretrain_log.json`.

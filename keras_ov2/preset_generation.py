@@ -3,7 +3,7 @@ that a folder tree holds what the table generates.
 
 The JSON is written directly, in the form KerasHub's `save_to_preset`
 gives (tests/test_preset_generation.py builds models and compares): no model
-is built, so generating all 44 folders, giant ones included, needs no
+is built, so generating all 45 folders, giant ones included, needs no
 backend and takes a moment. Parameter counts are analytic for the same
 reason (that test checks them against `count_params()`).
 """
@@ -21,6 +21,8 @@ PACKAGE = Path(__file__).resolve().parent
 VOCABULARY = PACKAGE / "assets" / "vocabulary.txt"
 VOCABULARY_FILE = "assets/tokenizer/vocabulary.txt"
 VOCABULARY_SIZE = 32000
+# What `OpenVision2Tokenizer.for_texts` puts first (tests/test_preset_generation.py).
+SPECIAL_TOKENS = ("[PAD]", "[bos]", "[eos]", "[UNK]", "[CLS]")
 LAYER_NORM_EPSILON = 1e-6
 
 
@@ -67,6 +69,29 @@ CAPTION_DECODER = Serializable(
 )
 
 
+# --- Vocabularies ---
+
+
+def scene_vocabulary():
+    """The tokens of `OpenVision2Tokenizer.for_texts(CAPTION_WORDS)`: every
+    word the built-in scenes say is a whole BERT word-piece."""
+    from keras_ov2.data.synthetic_scenes import CAPTION_WORDS
+
+    return [*SPECIAL_TOKENS, *sorted(set(CAPTION_WORDS) - set(SPECIAL_TOKENS))]
+
+
+def vocabulary_size(preset):
+    """The decoder's (and v1 text encoder's) embedding and output rows."""
+    return VOCABULARY_SIZE if preset.vocabulary == "bert" else len(scene_vocabulary())
+
+
+def vocabulary_file(preset):
+    """The tokenizer's vocabulary: the shipped file to copy, or its text."""
+    if preset.vocabulary == "bert":
+        return VOCABULARY
+    return "".join(token + "\n" for token in scene_vocabulary())
+
+
 # --- Parameter counts ---
 
 
@@ -94,13 +119,13 @@ def backbone_params(preset):
 def text_decoder_params(preset):
     """OV2's decoder: token embedding, visual projection, blocks, untied head."""
     w = preset.decoder.width
-    return (2 * VOCABULARY_SIZE + preset.encoder.width) * w + tower_params(preset.decoder)
+    return (2 * vocabulary_size(preset) + preset.encoder.width) * w + tower_params(preset.decoder)
 
 
 def text_encoder_params(preset):
     """v1's text encoder: token and position embeddings, blocks, head."""
     size = preset.text_encoder
-    rows = VOCABULARY_SIZE + preset.sequence_length + preset.projection_dim
+    rows = vocabulary_size(preset) + preset.sequence_length + preset.projection_dim
     return rows * size.width + tower_params(size)
 
 
@@ -108,7 +133,7 @@ def caption_decoder_params(preset):
     """v1's decoder: image and text projections, learned queries, blocks, head."""
     size = preset.decoder
     rows = preset.encoder.width + preset.text_encoder.width + preset.caption_length
-    return (rows + VOCABULARY_SIZE) * size.width + tower_params(size)
+    return (rows + vocabulary_size(preset)) * size.width + tower_params(size)
 
 
 def parameter_counts(preset):
@@ -186,12 +211,14 @@ def image_converter(preset):
     )
 
 
-def tokenizer():
+def tokenizer(preset):
+    """The shipped vocabulary stays out of the config (an asset); a scenes
+    vocabulary is in it too (see `OpenVision2Tokenizer.get_config`)."""
     return layer(
         TOKENIZER,
         dtype="int32",
         config_file="tokenizer.json",
-        vocabulary=None,
+        vocabulary=None if preset.vocabulary == "bert" else scene_vocabulary(),
         sequence_length=None,
         lowercase=True,
         strip_accents=True,
@@ -206,7 +233,7 @@ def tokenizer():
 def preprocessor(cls, preset, **fields):
     return layer(
         cls,
-        tokenizer=tokenizer(),
+        tokenizer=tokenizer(preset),
         image_converter=image_converter(preset),
         config_file="preprocessor.json",
         sequence_length=preset.sequence_length,
@@ -219,7 +246,7 @@ def captioner_task(preset):
     processor = preprocessor(CAPTIONER_PREPROCESSOR, preset)
     decoder = layer(
         TEXT_DECODER,
-        vocabulary_size=VOCABULARY_SIZE,
+        vocabulary_size=vocabulary_size(preset),
         **size_fields(preset.decoder),
         attention_mask="causal",
         layer_norm_epsilon=LAYER_NORM_EPSILON,
@@ -243,7 +270,7 @@ def clips_task(preset):
     )
     text_encoder = layer(
         TEXT_ENCODER,
-        vocabulary_size=VOCABULARY_SIZE,
+        vocabulary_size=vocabulary_size(preset),
         **size_fields(preset.text_encoder),
         projection_dim=preset.projection_dim,
         max_sequence_length=preset.sequence_length,
@@ -251,7 +278,7 @@ def clips_task(preset):
     )
     decoder = layer(
         CAPTION_DECODER,
-        vocabulary_size=VOCABULARY_SIZE,
+        vocabulary_size=vocabulary_size(preset),
         **size_fields(preset.decoder),
         num_queries=preset.caption_length,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
@@ -294,7 +321,7 @@ def metadata(preset):
 
 
 def preset_files(preset):
-    """{path in the folder: JSON object, or the source file to copy}."""
+    """{path in the folder: JSON object, text, or the source file to copy}."""
     files = {"config.json": backbone(preset), "metadata.json": metadata(preset)}
     if preset.family in TASKS:
         task, processor = TASKS[preset.family](preset)
@@ -303,7 +330,7 @@ def preset_files(preset):
             "preprocessor.json": processor,
             "tokenizer.json": processor["config"]["tokenizer"],
             "image_converter.json": processor["config"]["image_converter"],
-            VOCABULARY_FILE: VOCABULARY,
+            VOCABULARY_FILE: vocabulary_file(preset),
         })
     return files
 
@@ -321,6 +348,8 @@ def write_presets(folder=PRESETS_DIR, presets=PRESETS):
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, Path):
                 shutil.copyfile(content, target)
+            elif isinstance(content, str):
+                target.write_text(content)
             else:  # as KerasHub's saver writes it
                 target.write_text(json.dumps(content, indent=4))
 

@@ -175,6 +175,17 @@ def test_bad_pretrain_options(tiny_preset, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_pretrain_takes_the_captioner_the_built_in_scenes_recommend(tmp_path):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["pretrain", "--stages", "56:2:4", "--output", str(tmp_path / "out"),
+                  "--no-report"])
+    assert ("Captioner: openvision2_captioner_scenes_patch14_84 (the built-in scenes' "
+            "default).") in printed.getvalue()
+    saved = keras_ov2.OpenVision2Captioner.from_preset(str(tmp_path / "out"))
+    assert saved.decoder.vocabulary_size == saved.preprocessor.tokenizer.vocabulary_size() < 40
+
+
 def test_pretrain_on_a_data_folder_skips_and_reports_bad_records(tiny_preset, image_files,
                                                                  tmp_path):
     folder = tmp_path / "data"

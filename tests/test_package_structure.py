@@ -18,8 +18,8 @@ LEVELS = {
     "version": 0, "lazy_exports": 0, "variants": 0, "durable": 0,
     "flops": 1,
     "preset_table": 2,
-    "preset_generation": 3, "layers": 3, "data": 3,
-    "models": 4,
+    "layers": 3, "data": 3,
+    "preset_generation": 4, "models": 4,  # the scenes' words come from data
     "distribution": 5, "evaluation": 5, "convert": 5,
     "training": 6,
     "cli": 7,

@@ -154,3 +154,26 @@ def test_unknown_name_lists_close_matches():
 def test_unknown_name_without_close_matches_points_to_the_list():
     with pytest.raises(ValueError, match="list_presets"):
         OpenVision2Backbone.from_preset("resnet50")
+
+
+def test_the_scenes_captioner_has_one_row_per_word_piece_of_their_captions():
+    from keras_ov2.data import SyntheticScenes
+    from keras_ov2.data.synthetic_scenes import CAPTION_WORDS
+
+    captioner = keras_ov2.OpenVision2Captioner.from_preset(
+        "openvision2_captioner_scenes_patch14_84", load_weights=False)
+    tokenizer = captioner.preprocessor.tokenizer
+    small = keras_ov2.OpenVision2Tokenizer.for_texts(CAPTION_WORDS)
+    assert tokenizer.get_vocabulary() == small.get_vocabulary()
+    assert captioner.decoder.vocabulary_size == tokenizer.vocabulary_size() < 40
+    # The same architecture as the 32,000-row demo captioner otherwise.
+    tiny = keras_ov2.OpenVision2Captioner.from_preset(
+        "openvision2_captioner_tiny_patch14_84", load_weights=False)
+    assert captioner.backbone.get_config() == tiny.backbone.get_config()
+    # Every caption gets the word-pieces the authors' vocabulary gives it.
+    full = tiny.preprocessor.tokenizer
+    scenes = SyntheticScenes(40, image_size=84, max_objects=4)
+    captions = [scenes[i][field] for i in range(40) for field in ("caption", "short_caption")]
+    for ids, full_ids in zip(tokenizer(captions), full(captions)):
+        assert [tokenizer.id_to_token(int(i)) for i in ids] == [
+            full.id_to_token(int(i)) for i in full_ids]

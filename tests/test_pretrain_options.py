@@ -26,7 +26,7 @@ from keras_ov2.data.synthetic_scenes import TRAINING_DEFAULTS
 from keras_ov2.models.common.recipe_optimizer import default_warmup_steps
 from keras_ov2.training import Stage
 from keras_ov2.training import pretrain
-from keras_ov2.training.pretrain import DataOptions
+from keras_ov2.training.pretrain import RunOptions
 from keras_ov2.training.pretrain import HELD_OUT_SIZE
 from keras_ov2.training.report import HeldOut
 from keras_ov2.training.report import caption_report
@@ -83,31 +83,51 @@ class Declaring:
 
 
 def test_a_source_s_defaults_apply_where_no_option_is_given():
-    options = DataOptions.resolve(Declaring())
+    options = RunOptions.resolve(Declaring())
     assert (options.keep_ratio, options.augment, options.caption_field) == (0.5, True, "caption")
     assert options.describe() == (
+        "Captioner: openvision2_captioner_tiny_patch14_84 (keras_ov2's demo size).\n"
         "Data: keep ratio 0.5 (my data's default), augmentation on (the authors' default), "
         "captions 'caption' (the authors' default).")
     # The built-in scenes mask as the authors do and recommend their detailed
-    # captions, without augmentation (it would falsify colours and positions).
-    scenes = DataOptions.resolve(SyntheticScenes(4, image_size=56))
+    # captions, without augmentation (it would falsify colours and positions),
+    # and the demo captioner with their words for a vocabulary.
+    scenes = RunOptions.resolve(SyntheticScenes(4, image_size=56))
     assert (scenes.keep_ratio, scenes.augment, scenes.caption_field) == (0.35, False, "caption")
     assert scenes.describe() == (
+        "Captioner: openvision2_captioner_scenes_patch14_84 (the built-in scenes' default).\n"
         "Data: keep ratio 0.35 (the authors' default), augmentation off (the built-in "
         "scenes' default), captions 'caption' (the built-in scenes' default).")
+    assert RunOptions.resolve(SyntheticScenes) == scenes  # what the CLI resolves before reading
     # A source that declares nothing gets the authors' recipe.
-    assert DataOptions.resolve([]).origins == dict.fromkeys(
-        ("keep_ratio", "augment", "caption_field"), "the authors' default")
+    assert RunOptions.resolve([]).origins == {
+        **dict.fromkeys(("keep_ratio", "augment", "caption_field"), "the authors' default"),
+        "preset": "keras_ov2's demo size"}
 
 
 def test_an_option_given_wins_over_the_source_s_default():
-    options = DataOptions.resolve(SyntheticScenes(4, image_size=56), keep_ratio=1.0,
-                                  augment=True, caption_field="short_caption")
-    assert (options.keep_ratio, options.augment, options.caption_field) == (
-        1.0, True, "short_caption")
+    options = RunOptions.resolve(SyntheticScenes(4, image_size=56), "my_preset", keep_ratio=1.0,
+                                 augment=True, caption_field="short_caption")
+    assert (options.preset, options.keep_ratio, options.augment, options.caption_field) == (
+        "my_preset", 1.0, True, "short_caption")
     assert set(options.origins.values()) == {"given"}
     # False and 0-like values are given too, not "no opinion".
-    assert DataOptions.resolve(Declaring(), augment=False).augment is False
+    assert RunOptions.resolve(Declaring(), augment=False).augment is False
+
+
+def test_a_closed_vocabulary_refuses_captions_it_cannot_spell():
+    from keras_ov2 import OpenVision2Tokenizer
+    from keras_ov2.data.synthetic_scenes import CAPTION_WORDS
+    from keras_ov2.training.pretrain import check_vocabulary
+
+    scene_words = OpenVision2Tokenizer.for_texts(CAPTION_WORDS)
+    scenes = SyntheticScenes(20, image_size=56)
+    check_vocabulary(scene_words, [scenes[i]["caption"] for i in range(20)], "scenes")
+    photos = ["a dog asleep on a red sofa", "two cyclists on a mountain road"]
+    check_vocabulary(OpenVision2Tokenizer(), photos, "bert")
+    with pytest.raises(ValueError, match=r"\d+% of the captions' word-pieces are unknown .*"
+                       r"'scenes' \(37 tokens\).*--preset openvision2_captioner_tiny"):
+        check_vocabulary(scene_words, photos, "scenes")
 
 
 def test_scenes_stored_as_shards_keep_their_defaults(tmp_path):
@@ -120,7 +140,7 @@ def test_scenes_stored_as_shards_keep_their_defaults(tmp_path):
     shards = open_source(tmp_path / "scenes")
     assert type(shards).__name__ == "ArrayRecordSource"
     assert shards.training_defaults == TRAINING_DEFAULTS
-    assert DataOptions.resolve(shards) == DataOptions.resolve(scenes)
+    assert RunOptions.resolve(shards) == RunOptions.resolve(scenes)
     # A user's records recommend nothing, and neither do shards that summary
     # does not describe (here: a second build into the same folder).
     user = [{"image": scenes[i]["image"], "caption": "a scene"} for i in range(2)]
@@ -228,7 +248,8 @@ def test_training_on_from_a_saved_preset_masks_as_the_run_says(tmp_path):
     printed = []
     pretrain(str(first), dataset=records, stages=[Stage(56, 2, 4)],
              output_dir=tmp_path / "second", print_fn=printed.append, sequence_length=16)
-    assert printed[0].startswith("Data: keep ratio 0.35 (the authors' default)")
+    assert printed[0] == f"Captioner: {first} (given)."
+    assert printed[1].startswith("Data: keep ratio 0.35 (the authors' default)")
     assert keras_ov2.OpenVision2Captioner.from_preset(str(tmp_path / "second")).keep_ratio == 0.35
 
 

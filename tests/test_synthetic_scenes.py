@@ -15,6 +15,7 @@ from keras_ov2.data import SHAPES
 from keras_ov2.data import SIZES
 from keras_ov2.data import SyntheticScenes
 from keras_ov2.data.synthetic_scenes import _RGB
+from keras_ov2.data.synthetic_scenes import CAPTION_WORDS
 from keras_ov2.data.synthetic_scenes import object_count
 
 RELATION_SENTENCE = re.compile(
@@ -214,6 +215,13 @@ def test_caption_words_are_whole_words_of_the_vocabulary(records):
         for text in (record["caption"], record["short_caption"]):
             for word in re.findall(r"\w+|[^\w\s]", text):
                 assert word in words, word
+
+
+def test_caption_words_are_exactly_the_words_and_marks_captions_use():
+    scenes = SyntheticScenes(300, image_size=84, seed=5, max_objects=4)
+    used = {word for i in range(len(scenes)) for field in ("caption", "short_caption")
+            for word in re.findall(r"\w+|[^\w\s]", scenes[i][field])}
+    assert used == set(CAPTION_WORDS)
 
 
 def test_grain_shuffle_and_batch():

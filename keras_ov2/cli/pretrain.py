@@ -45,8 +45,10 @@ def parse_mesh(text):
 
 def add_pretrain_parser(commands):
     p = commands.add_parser("pretrain", help="pretrain a captioner by captioning alone")
-    p.add_argument("--preset", help="captioner preset name or folder (default: "
-                   "openvision2_captioner_tiny_patch14_84, random weights)")
+    p.add_argument("--preset", help="captioner preset name or folder (default, random "
+                   "weights: on the built-in scenes openvision2_captioner_scenes_patch14_84, "
+                   "the demo captioner with a vocabulary of their words; on other data "
+                   "openvision2_captioner_tiny_patch14_84, the authors' vocabulary)")
     p.add_argument("--data", help="image-caption data: ArrayRecord, WebDataset .tar or Parquet "
                    "shards (a folder, file or quoted glob), or a folder with captions.jsonl "
                    "(default: the built-in synthetic scenes)")
@@ -55,7 +57,7 @@ def add_pretrain_parser(commands):
                    'synthetic captions; "short_caption" is their alt-text)')
     p.add_argument("--stages", type=parse_stages,
                    help="image_size:steps:batch_size[:lr[:warmup_steps]],... (default "
-                   "84:2000:16::100); warmup defaults to steps // 250, as the authors' "
+                   "84:5000:16::250); warmup defaults to steps // 250, as the authors' "
                    "84 px stage (1,563 of 390,981)")
     p.add_argument("--keep-ratio", type=float, help="fraction of visual tokens kept in training "
                    f"(default: the authors' {KEEP_RATIO}, on every source)")
@@ -112,15 +114,17 @@ def check_mesh(mesh, layout, preset):
 def run_pretrain(args):
     import keras
 
+    from keras_ov2.data import SyntheticScenes
     from keras_ov2.distribution import LayoutError
-    from keras_ov2.training import DEFAULT_PRESET
     from keras_ov2.training import CheckpointError
+    from keras_ov2.training import RunOptions
     from keras_ov2.training import pretrain
 
     print(f"Keras {keras.__version__} on {keras.backend.backend()}", flush=True)
-    preset = args.preset or DEFAULT_PRESET
-    check_preset(preset)
     dataset = None if args.data is None else open_data(args.data)
+    records = SyntheticScenes if dataset is None else dataset
+    preset = RunOptions.resolve(records, args.preset).preset
+    check_preset(preset)
     # Options left out take `pretrain`'s defaults (the data's, else the authors').
     names = ("stages", "keep_ratio", "seed", "caption_field", "learning_rate",
              "sequence_length", "augment", "num_workers", "mesh", "layout",
@@ -131,7 +135,7 @@ def run_pretrain(args):
     if args.mesh is not None or args.layout is not None:
         check_mesh(args.mesh, args.layout, preset)
     try:
-        pretrain(preset=preset, dataset=dataset, output_dir=args.output, report=args.report,
+        pretrain(preset=args.preset, dataset=dataset, output_dir=args.output, report=args.report,
                  **options)
     except KeyError as error:  # a caption field the records do not have
         raise CliError(error.args[0]) from None

@@ -28,12 +28,15 @@ class TrainingDefaults:
     """Pretraining settings that suit a source's records, declared as its
     `training_defaults` attribute: `pretrain` applies them where not told
     otherwise (None: no opinion, the authors' setting applies). `label`
-    names them in the run header, e.g. "the built-in scenes' default"."""
+    names them in the run header, e.g. "the built-in scenes' default".
+    `preset`: the captioner to train from scratch, e.g. one whose tokenizer
+    holds the records' closed vocabulary."""
 
     label: str
     keep_ratio: float | None = None
     augment: bool | None = None
     caption_field: str | None = None
+    preset: str | None = None
 
 
 class SourceError(ValueError):

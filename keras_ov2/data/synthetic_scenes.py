@@ -32,6 +32,10 @@ SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = ("small", "large")
 COUNTS = ("one", "two", "three", "four")
 RELATIONS = ("left of", "right of")
+# Every word and mark the captions use: a tokenizer holding only their
+# word-pieces (`OpenVision2Tokenizer.for_texts`) encodes every caption.
+CAPTION_WORDS = (*COLOURS, *SHAPES, *SIZES, *COUNTS, "shape", "shapes", "a", "the", "is", "of",
+                 "and", "from", "to", "left", "right", "above", "below", ":", ",", ".")
 SPLITS = ("train", "held_out")
 
 # What each entry of a record's "labels" is an index into (or, for the
@@ -71,9 +75,11 @@ POSITION_GRID = 12
 # How to pretrain on these scenes: the authors' token masking (keep ratio
 # left to the recipe) on the detailed captions, as OpenVision 2 trains, but no
 # crops or colour jitter, which would make the captions' colours and
-# positions false.
+# positions false; the demo captioner with a vocabulary of CAPTION_WORDS
+# (3x the steps of its 32,000-row twin in the same minutes).
 TRAINING_DEFAULTS = TrainingDefaults("the built-in scenes' default", augment=False,
-                                     caption_field="caption")
+                                     caption_field="caption",
+                                     preset="openvision2_captioner_scenes_patch14_84")
 
 
 def _gap(image_size):

@@ -5,6 +5,7 @@ from keras_ov2.training.checkpoint import CheckpointError
 from keras_ov2.training.pretrain import DEFAULT_PRESET
 from keras_ov2.training.pretrain import DEFAULT_STAGES
 from keras_ov2.training.pretrain import Progress
+from keras_ov2.training.pretrain import RunOptions
 from keras_ov2.training.pretrain import Stage
 from keras_ov2.training.pretrain import pretrain
 from keras_ov2.training.report import tidy

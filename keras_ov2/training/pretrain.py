@@ -24,9 +24,12 @@ from keras_ov2.training.setup import setup_training
 from keras_ov2.variants import KEEP_RATIO
 
 DEFAULT_PRESET = "openvision2_captioner_tiny_patch14_84"
-# The paper's recipe, for a source that recommends nothing else.
+# The paper's recipe, for a source that recommends nothing else; and a
+# captioner small enough for a laptop, with the authors' vocabulary.
 AUTHORS_DEFAULTS = TrainingDefaults("the authors' default", keep_ratio=KEEP_RATIO, augment=True,
                                     caption_field="caption")
+DEMO_DEFAULTS = TrainingDefaults("keras_ov2's demo size", preset=DEFAULT_PRESET)
+MAX_UNKNOWN = 0.01  # share of [UNK] word-pieces in the captions that stops a run
 
 
 @dataclasses.dataclass
@@ -57,10 +60,10 @@ class Stage:
         return default_warmup_steps(self.steps) if self.warmup_steps is None else self.warmup_steps
 
 
-# The demo: 32,000 scenes with the demo's own warmup (5%), with which its
+# The demo: 80,000 scenes with the demo's own warmup (5%), with which its
 # figures in the README were measured (benchmarks/demo_settings.py): the
 # longest run that, report included, takes under 8 minutes on 2 CPU cores.
-DEFAULT_STAGES = (Stage(image_size=84, steps=2000, batch_size=16, warmup_steps=100),)
+DEFAULT_STAGES = (Stage(image_size=84, steps=5000, batch_size=16, warmup_steps=250),)
 # The demo's scenes hold one or two objects: their detailed captions fit in
 # 32 tokens, where three objects need 64 and double the cost of the
 # vocabulary head, the bulk of a tiny captioner's step.
@@ -126,36 +129,55 @@ def fitted_length(preprocessor, captions):
     return min(preprocessor.sequence_length, -(-(longest + 3) // 4) * 4)
 
 
-@dataclasses.dataclass(frozen=True)
-class DataOptions:
-    """How a run reads its data. Each option is the one given, else the one
-    the source recommends (its `training_defaults`), else the authors';
-    `origins` names which, for the run header."""
+def check_vocabulary(tokenizer, captions, preset):
+    """A ValueError when the preset's tokenizer knows too few of the
+    captions' word-pieces: a closed vocabulary (the scenes') met other texts."""
+    pieces = np.concatenate([np.asarray(ids).reshape(-1) for ids in tokenizer.tokenize(captions)])
+    unknown = float(np.mean(pieces == tokenizer.token_to_id(tokenizer.oov_token)))
+    if unknown > MAX_UNKNOWN:
+        raise ValueError(
+            f"{unknown:.0%} of the captions' word-pieces are unknown to the tokenizer of "
+            f"preset {preset!r} ({tokenizer.vocabulary_size()} tokens), which was made for other "
+            f"texts. Pretrain on these records with a preset of the authors' vocabulary, e.g. "
+            f"--preset {DEFAULT_PRESET}.")
 
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What a run trains and how it reads its data. Each option is the one
+    given, else the one the source recommends (its `training_defaults`),
+    else the authors' (the demo captioner for `preset`); `origins` names
+    which, for the run header."""
+
+    preset: str
     keep_ratio: float
     augment: bool
     caption_field: str
     origins: dict
 
     @classmethod
-    def resolve(cls, source, keep_ratio=None, augment=None, caption_field=None):
-        given = TrainingDefaults("given", keep_ratio, augment, caption_field)  # None: not given
-        layers = [given, getattr(source, "training_defaults", None), AUTHORS_DEFAULTS]
+    def resolve(cls, source, preset=None, keep_ratio=None, augment=None, caption_field=None):
+        """`source`: the records, or their class (its `training_defaults`)."""
+        # None: not given.
+        given = TrainingDefaults("given", keep_ratio, augment, caption_field, preset)
+        layers = [given, getattr(source, "training_defaults", None), AUTHORS_DEFAULTS,
+                  DEMO_DEFAULTS]
         chosen = {name: next(d for d in layers if d is not None and getattr(d, name) is not None)
-                  for name in ("keep_ratio", "augment", "caption_field")}
+                  for name in ("preset", "keep_ratio", "augment", "caption_field")}
         return cls(**{name: getattr(d, name) for name, d in chosen.items()},
                    origins={name: d.label for name, d in chosen.items()})
 
     def describe(self):
         """The run header: each option and where it came from."""
         origins = self.origins
-        return (f"Data: keep ratio {self.keep_ratio:g} ({origins['keep_ratio']}), augmentation "
+        return (f"Captioner: {self.preset} ({origins['preset']}).\n"
+                f"Data: keep ratio {self.keep_ratio:g} ({origins['keep_ratio']}), augmentation "
                 f"{'on' if self.augment else 'off'} ({origins['augment']}), captions "
                 f"{self.caption_field!r} ({origins['caption_field']}).")
 
 
 def pretrain(
-    preset=DEFAULT_PRESET,
+    preset=None,
     dataset=None,
     stages=DEFAULT_STAGES,
     keep_ratio=None,
@@ -178,6 +200,10 @@ def pretrain(
     report=True,
 ):
     """Pretrains a captioner preset stage by stage, saves it to `output_dir`.
+
+    `preset`: a captioner preset name, folder or hub handle; None takes the
+    one the source recommends (the built-in scenes: the demo captioner with
+    a vocabulary of their words), else `DEFAULT_PRESET`.
 
     `dataset`: a random-access source of raw records (see
     `keras_ov2.data.decode`: "image" as encoded bytes or a uint8 array, and
@@ -229,8 +255,10 @@ def pretrain(
     if dataset is None:
         dataset = SyntheticScenes(image_size=max(s.image_size for s in stages), seed=seed,
                                   **DEFAULT_SCENES)
-    data = DataOptions.resolve(dataset, keep_ratio, augment, caption_field)
-    print_fn(data.describe())
+    data = RunOptions.resolve(dataset, preset, keep_ratio, augment, caption_field)
+    preset = data.preset
+    for line in data.describe().splitlines():
+        print_fn(line)
     training, held_out = split_held_out(dataset, HELD_OUT_SIZE)
     if len(training) < len(dataset):
         print_fn(f"Held out: the last {len(held_out)} of {len(dataset)} records, never trained on.")
@@ -245,8 +273,9 @@ def pretrain(
         captioner = setup.captioner
         if captioner.preprocessor is None:
             raise ValueError(f"Preset {preset!r} has no preprocessor; pretraining needs one.")
+        sample = measures.held_out.captions + known_captions(training, data.caption_field, 256)
+        check_vocabulary(captioner.preprocessor.tokenizer, sample, preset)
         if sequence_length is None:
-            sample = measures.held_out.captions + known_captions(training, data.caption_field, 256)
             sequence_length = fitted_length(captioner.preprocessor, sample)
         captioner.preprocessor.sequence_length = sequence_length
 

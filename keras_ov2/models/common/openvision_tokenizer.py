@@ -1,5 +1,6 @@
 """The OpenVision caption tokenizer: BERT uncased WordPiece with [bos]/[eos]."""
 
+import functools
 from pathlib import Path
 
 import keras
@@ -14,6 +15,11 @@ def load_vocabulary(path=VOCABULARY_PATH):
     """Reads a one-token-per-line vocabulary file into a list."""
     with open(path, encoding="utf-8") as file:
         return [line.rstrip("\n") for line in file]
+
+
+@functools.cache
+def shipped_vocabulary():
+    return tuple(load_vocabulary())
 
 
 @keras.saving.register_keras_serializable(package="keras_ov2")
@@ -60,10 +66,20 @@ class OpenVision2Tokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         self._add_special_token("[CLS]", "cls_token")
         if vocabulary is None:
             # A list rather than the path: Keras' safe mode refuses paths.
-            vocabulary = load_vocabulary()
+            vocabulary = list(shipped_vocabulary())
         kwargs.setdefault("lowercase", True)
         kwargs.setdefault("strip_accents", True)
         super().__init__(vocabulary=vocabulary, **kwargs)
+
+    def get_config(self):
+        # KerasHub leaves the vocabulary out (a preset keeps it as an asset),
+        # and None here means the shipped one: a smaller vocabulary (see
+        # `for_texts`) stays in the config, so that `from_config` cannot
+        # silently swap in 30,522 rows its model has no rows for.
+        config = super().get_config()
+        if self.vocabulary is not None and tuple(self.vocabulary) != shipped_vocabulary():
+            config["vocabulary"] = list(self.vocabulary)
+        return config
 
     @classmethod
     def for_texts(cls, texts, **kwargs):
