@@ -65,8 +65,8 @@ class Stage:
 # longest run that, report included, takes under 8 minutes on 2 CPU cores.
 DEFAULT_STAGES = (Stage(image_size=84, steps=5000, batch_size=16, warmup_steps=250),)
 # The demo's scenes hold one or two objects: their detailed captions fit in
-# 32 tokens, where three objects need 64 and double the cost of the
-# vocabulary head, the bulk of a tiny captioner's step.
+# 32 tokens, where three objects need 64: the decoder would hold 12 + 63
+# positions instead of 12 + 31.
 DEFAULT_SCENES = dict(num_records=100_000, max_objects=2)
 
 
