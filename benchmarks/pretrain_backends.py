@@ -1,7 +1,7 @@
 """`ov2 pretrain` images/s on JAX, TensorFlow and PyTorch, side by side.
 
-Runs the same `ov2 pretrain` (the demo's tiny captioner and built-in scenes,
-one stage of STEPS x BATCH at 84 px) once per backend through `--backend`,
+Runs the same `ov2 pretrain` (the built-in scenes and the captioner they
+recommend, one stage of STEPS x BATCH at 84 px) once per backend through `--backend`,
 each in its own process, and prints the images/s of its progress lines
 (compilation and the first window excluded: the median of the later
 windows), the wall time of the whole command, and each backend's rate over

@@ -532,7 +532,7 @@ class CaptionerTest(TestCase):
             for name, meta in keras_ov2.list_presets().items()
             if meta["family"] == "openvision2_captioner"
         ]
-        assert len(names) == 8
+        assert len(names) == 9  # 7 scales, the demo, the demo for the scenes
         demo = keras_ov2.OpenVision2Captioner.from_preset(
             "openvision2_captioner_tiny_patch14_84", load_weights=False
         )
