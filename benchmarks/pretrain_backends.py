@@ -56,7 +56,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         results = {backend: run(backend, args, Path(folder)) for backend in BACKENDS}
     print(f"\n{machine()}; float32; `ov2 pretrain` {args.steps} steps of {args.batch_size} "
-          f"at {args.image_size} px (the demo's tiny captioner)")
+          f"at {args.image_size} px (the scenes' demo captioner)")
     print(f"{'backend':11} | {'images/s':>8} | {'x jax':>5} | {'command s':>9}")
     print("-" * 44)
     base = results["jax"][0]
