@@ -83,7 +83,6 @@ def captioner_folder(setting, folder):
     config["backbone"]["config"]["num_layers"] = setting["encoder_layers"]
     config["decoder"]["config"]["attention_mask"] = setting["attention_mask"]
     config["decoder"]["config"]["num_layers"] = setting["decoder_layers"]
-    config["preprocessor"] = captioner.preprocessor  # the preset's tokenizer, as loaded
     OpenVision2Captioner.from_config(config).save_to_preset(folder)
     return folder
 

@@ -76,7 +76,7 @@ POSITION_GRID = 12
 # left to the recipe) on the detailed captions, as OpenVision 2 trains, but no
 # crops or colour jitter, which would make the captions' colours and
 # positions false; the demo captioner with a vocabulary of CAPTION_WORDS
-# (3x the steps of its 32,000-row twin in the same minutes).
+# (2.5x the steps of its 32,000-row twin in the same minutes).
 TRAINING_DEFAULTS = TrainingDefaults("the built-in scenes' default", augment=False,
                                      caption_field="caption",
                                      preset="openvision2_captioner_scenes_patch14_84")
