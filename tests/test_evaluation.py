@@ -99,6 +99,29 @@ def test_probe_reaches_the_minimum_of_a_regularised_logistic_regression():
         assert fun(w.ravel() + 1e-3 * rng.normal(size=w.size))[0] > loss
 
 
+def test_probe_fits_on_one_blas_thread(monkeypatch):
+    """Hundreds of small products per fit: waking several BLAS threads for
+    each cost 20x the arithmetic (benchmarks/linear_probe.py)."""
+    from threadpoolctl import threadpool_info
+
+    from keras_ov2.evaluation import linear_probe
+
+    seen = []
+
+    def recording(*args):
+        fun = _objective(*args)
+
+        def fun_and_threads(flat):
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return fun(flat)
+        return fun_and_threads
+
+    monkeypatch.setattr(linear_probe, "_objective", recording)
+    rng = np.random.default_rng(3)
+    _fit(rng.normal(size=(50, 4)), np.eye(2)[rng.integers(0, 2, 50)], 1e-2, multi_label=False)
+    assert seen and set(seen) == {1}
+
+
 @pytest.mark.parametrize("l2", [1e-1, 1e-3])
 def test_probe_is_scikit_learns_logistic_regression(l2):
     """The same multinomial, L2-penalised (bias free), fitted to convergence."""

@@ -13,6 +13,7 @@ refitted on all of it. For a single-label task this is scikit-learn's
 
 import numpy as np
 import scipy.optimize
+from threadpoolctl import threadpool_limits
 
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)  # strongest first: ties keep the simpler probe
 MAX_ITERATIONS = 500
@@ -80,13 +81,20 @@ def _targets(labels, num_classes, multi_label):
 
 
 def _fit(x, targets, l2, multi_label, start=None):
-    """(D + 1, K) parameters: the weights, then the bias row."""
+    """(D + 1, K) parameters: the weights, then the bias row.
+
+    On one BLAS thread: the products are small (N x D by D x K), and waking
+    several OpenBLAS threads for each of the hundreds of evaluations cost
+    20x the arithmetic on a 2-core machine with the framework's threads
+    around (benchmarks/README.md, "linear probes")."""
     d, k = x.shape[1], targets.shape[1]
     start = np.zeros((d + 1) * k) if start is None else start.ravel()
-    result = scipy.optimize.minimize(
-        _objective(x, targets, l2, multi_label), start, jac=True, method="L-BFGS-B",
-        options=dict(maxiter=MAX_ITERATIONS, gtol=GRADIENT_TOLERANCE, ftol=RELATIVE_TOLERANCE),
-    )
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = scipy.optimize.minimize(
+            _objective(x, targets, l2, multi_label), start, jac=True, method="L-BFGS-B",
+            options=dict(maxiter=MAX_ITERATIONS, gtol=GRADIENT_TOLERANCE,
+                         ftol=RELATIVE_TOLERANCE),
+        )
     return result.x.reshape(d + 1, k)
 
 
