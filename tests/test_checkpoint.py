@@ -265,7 +265,7 @@ def test_ov2_pretrain_on_a_mesh_of_8_devices_checkpoints_and_resumes(tmp_path):
         command = [sys.executable, "-m", "keras_ov2.cli", "pretrain", "--preset",
                    str(tmp_path / "preset"), "--stages", "56:3:8", "--output",
                    str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt"),
-                   "--checkpoint-every", "1", *mesh]
+                   "--checkpoint-every", "1", "--no-report", *mesh]
         run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=400)
         assert run.returncode == 0, run.stderr[-4000:]
