@@ -16,13 +16,12 @@ from typing import NamedTuple
 from keras_ov2.preset_table import PRESETS
 from keras_ov2.preset_table import PRESETS_DIR
 from keras_ov2.variants import KEEP_RATIO
+from keras_ov2.variants import SPECIAL_TOKENS
 
 PACKAGE = Path(__file__).resolve().parent
 VOCABULARY = PACKAGE / "assets" / "vocabulary.txt"
 VOCABULARY_FILE = "assets/tokenizer/vocabulary.txt"
 VOCABULARY_SIZE = 32000
-# What `OpenVision2Tokenizer.for_texts` puts first (tests/test_preset_generation.py).
-SPECIAL_TOKENS = ("[PAD]", "[bos]", "[eos]", "[UNK]", "[CLS]")
 LAYER_NORM_EPSILON = 1e-6
 
 

@@ -1,13 +1,17 @@
-"""The sizes of every OpenVision model family, one table each, and the
-authors' token keep ratio. Everything else (the preset folders, the
-converters' checks, FLOP counts, benchmarks, the models' and the recipe's
-defaults) reads them from here. Pure Python: importing it loads no Keras."""
+"""The sizes of every OpenVision model family, one table each, the
+authors' token keep ratio and the caption tokenizer's special tokens.
+Everything else (the preset folders, the converters' checks, FLOP counts,
+benchmarks, the models' and the recipe's defaults) reads them from here. Pure Python: importing it loads no Keras."""
 
 from typing import NamedTuple
 
 # OpenVision 2's token masking: the fraction of the encoder's patch tokens the
 # caption decoder sees in training (the paper's 35%).
 KEEP_RATIO = 0.35
+
+# The caption tokenizer's special tokens, in the order a closed vocabulary
+# (`OpenVision2Tokenizer.for_texts`, the scenes' preset) begins with them.
+SPECIAL_TOKENS = ("[PAD]", "[bos]", "[eos]", "[UNK]", "[CLS]")
 
 
 class Size(NamedTuple):

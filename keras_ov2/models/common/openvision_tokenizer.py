@@ -7,6 +7,7 @@ import keras
 import keras_hub
 
 from keras_ov2.models.common.openvision_backbone import OpenVision2Backbone
+from keras_ov2.variants import SPECIAL_TOKENS
 
 VOCABULARY_PATH = Path(__file__).resolve().parents[2] / "assets" / "vocabulary.txt"
 
@@ -90,6 +91,5 @@ class OpenVision2Tokenizer(keras_hub.tokenizers.WordPieceTokenizer):
         with the full vocabulary (greedy longest match finds the same pieces);
         their ids differ."""
         full = cls(**kwargs)
-        specials = ["[PAD]", "[bos]", "[eos]", "[UNK]", "[CLS]"]
         pieces = {full.id_to_token(int(i)) for ids in full.tokenize(list(texts)) for i in ids}
-        return cls(vocabulary=specials + sorted(pieces - set(specials)), **kwargs)
+        return cls(vocabulary=[*SPECIAL_TOKENS, *sorted(pieces - set(SPECIAL_TOKENS))], **kwargs)
