@@ -86,7 +86,7 @@ def _fit(x, targets, l2, multi_label, start=None):
     On one BLAS thread: the products are small (N x D by D x K), and waking
     several OpenBLAS threads for each of the hundreds of evaluations cost
     20x the arithmetic on a 2-core machine with the framework's threads
-    around (benchmarks/README.md, "linear probes")."""
+    around (benchmarks/linear_probe.py)."""
     d, k = x.shape[1], targets.shape[1]
     start = np.zeros((d + 1) * k) if start is None else start.ravel()
     with threadpool_limits(limits=1, user_api="blas"):

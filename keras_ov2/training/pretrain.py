@@ -61,8 +61,8 @@ class Stage:
 
 
 # The demo: 80,000 scenes with the demo's own warmup (5%), with which its
-# figures in the README were measured (benchmarks/demo_settings.py): the
-# longest run that, report included, takes under 8 minutes on 2 CPU cores.
+# figures in the README were measured (benchmarks/demo_settings.py): a run
+# that, report included, takes under 8 minutes on 2 CPU cores (5 min 36 s).
 DEFAULT_STAGES = (Stage(image_size=84, steps=5000, batch_size=16, warmup_steps=250),)
 # The demo's scenes hold one or two objects: their detailed captions fit in
 # 32 tokens, where three objects need 64: the decoder would hold 12 + 63
